@@ -1,0 +1,1 @@
+"""Networks: ``blocks`` (the XAttnRes mechanism and other building blocks) and ``nets`` (whole networks)."""

@@ -1,0 +1,3 @@
+from .xattnres_unet import XATTNRES_PLACEMENTS, XAttnResUNet
+
+__all__ = ["XAttnResUNet", "XATTNRES_PLACEMENTS"]

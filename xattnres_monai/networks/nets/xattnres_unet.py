@@ -1,0 +1,233 @@
+"""U-Net with Cross-Stage Attention Residuals (the paper's "U-Net + XAttnRes", Sections 3.2-3.3)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Conv, Pool
+from torch import nn
+
+from xattnres_monai.networks.blocks.xattnres import XAttnRes
+
+__all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
+
+#: where XAttnRes aggregation is applied (Table 4): nowhere, encoder stages, decoder stages, or both.
+XATTNRES_PLACEMENTS = ("none", "encoder", "decoder", "full")
+
+
+class DoubleConv(nn.Sequential):
+    """Two (3x3 conv without bias, batch norm, ReLU) layers: the classic U-Net block.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: input channels.
+        out_channels: output channels.
+        mid_channels: channels between the two convolutions (default ``out_channels``).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mid_channels: Optional[int] = None):
+        super().__init__()
+        mid_channels = out_channels if mid_channels is None else mid_channels
+        for name, (cin, cout) in (("conv_0", (in_channels, mid_channels)), ("conv_1", (mid_channels, out_channels))):
+            self.add_module(
+                name, Convolution(spatial_dims, cin, cout, kernel_size=3, act="RELU", norm="BATCH", bias=False)
+            )
+
+
+class EncoderStage(nn.Module):
+    """Encoder stage ``x_i = f_i(XAttnRes(H, Down(x_{i-1})))`` (Eq. 10); the first stage has no ``Down``.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: channels of the previous stage output (or of the image for the first stage).
+        out_channels: channels of this stage's output.
+        downsample: whether to max-pool by 2 first (all stages but the first).
+        routing: the XAttnRes block over the history pool, or ``None`` for plain routing.
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, downsample: bool, routing: Optional[XAttnRes]
+    ):
+        super().__init__()
+        self.down = Pool[Pool.MAX, spatial_dims](kernel_size=2) if downsample else None
+        self.routing = routing
+        self.conv = DoubleConv(spatial_dims, in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.down is not None:
+            x = self.down(x)
+        if self.routing is not None:
+            x = self.routing(x, history, cache)
+        return self.conv(x)
+
+
+class DecoderStage(nn.Module):
+    """Decoder stage ``x_j = f_j([XAttnRes(H, Up(x_{j+1})); e_j])`` (Eq. 9 and 11).
+
+    ``Up`` is bilinear (trilinear) interpolation to the skip's spatial size, so odd sizes work.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: channels of the previous (coarser) stage output.
+        skip_channels: channels of the resolution-matched encoder output; 0 for no skip connection.
+        out_channels: channels of this stage's output.
+        routing: the XAttnRes block over the history pool, or ``None`` for plain routing.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        routing: Optional[XAttnRes],
+    ):
+        super().__init__()
+        self.use_skip = skip_channels > 0
+        self.upsample_mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        self.routing = routing
+        cat_channels = in_channels + skip_channels
+        self.conv = DoubleConv(spatial_dims, cat_channels, out_channels, mid_channels=max(cat_channels // 2, out_channels))
+
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode=self.upsample_mode, align_corners=False)
+        if self.routing is not None:
+            x = self.routing(x, history, cache)
+        if self.use_skip:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv(x)
+
+
+class XAttnResUNet(nn.Module):
+    """U-Net whose stages read from a global history pool through XAttnRes (arXiv 2604.03297).
+
+    A classic U-Net (DoubleConv blocks, max-pool down, bilinear up, one downsampling per encoder
+    stage after the first) with an optional XAttnRes block before every encoder stage but the first
+    (Eq. 10) and/or every decoder stage (Eq. 11). Every stage output is appended to the history
+    pool, which lives only for one forward pass. The routing configurations of Tables 3-4:
+
+    ==============================  ========  ============
+    configuration                   ``skip``  ``xattnres``
+    ==============================  ========  ============
+    U-Net baseline                  True      ``"none"``
+    U-Net, no skip                  False     ``"none"``
+    XAttnRes replaces skips         False     ``"full"``
+    XAttnRes + skips (default)      True      ``"full"``
+    encoder only / decoder only     either    ``"encoder"`` / ``"decoder"``
+    ==============================  ========  ============
+
+    The default widths (16, 32, 64, 128, 128 / 64, 32, 16, 16; decoder blocks with
+    ``max((up + skip) // 2, out)`` middle channels) give a 1.08M-parameter baseline, the
+    paper's 1.06M within 2%.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input image channels.
+        out_channels: output channels (classes, logits).
+        encoder_channels: output channels of each encoder stage; ``len - 1`` downsamplings.
+        decoder_channels: output channels of each decoder stage, coarse to fine; one fewer than
+            ``encoder_channels``.
+        skip: keep the U-Net skip connections (concatenation with the matching encoder output).
+        xattnres: where XAttnRes is applied: ``"none"``, ``"encoder"``, ``"decoder"`` or ``"full"``.
+        query_init: pseudo-query initialisation (Table 5): ``"zero"``, ``"normal"``,
+            ``"kaiming_uniform"`` or ``"xavier_uniform"``.
+
+    Example::
+
+        >>> net = XAttnResUNet(spatial_dims=2, in_channels=1, out_channels=9)
+        >>> net(torch.randn(2, 1, 224, 224)).shape
+        torch.Size([2, 9, 224, 224])
+        >>> replace = XAttnResUNet(spatial_dims=3, in_channels=1, out_channels=2, skip=False, xattnres="full")
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        encoder_channels: Sequence[int] = (16, 32, 64, 128, 128),
+        decoder_channels: Sequence[int] = (64, 32, 16, 16),
+        skip: bool = True,
+        xattnres: str = "full",
+        query_init: str = "zero",
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"XAttnResUNet: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        if xattnres not in XATTNRES_PLACEMENTS:
+            raise ValueError(f"XAttnResUNet: xattnres must be one of {XATTNRES_PLACEMENTS}, got {xattnres!r}.")
+        encoder_channels = [int(c) for c in encoder_channels]
+        decoder_channels = [int(c) for c in decoder_channels]
+        if len(encoder_channels) < 2:
+            raise ValueError(
+                f"XAttnResUNet: encoder_channels needs at least 2 entries (one downsampling), got {encoder_channels}."
+            )
+        if len(decoder_channels) != len(encoder_channels) - 1:
+            raise ValueError(
+                f"XAttnResUNet: decoder_channels must have len(encoder_channels) - 1 = {len(encoder_channels) - 1} "
+                f"entries, got {len(decoder_channels)} ({decoder_channels})."
+            )
+        if min(encoder_channels + decoder_channels + [in_channels, out_channels]) < 1:
+            raise ValueError("XAttnResUNet: all channel counts must be positive.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.skip = skip
+        self.xattnres = xattnres
+
+        def routing(channels: int, history: List[int], enabled: bool) -> Optional[XAttnRes]:
+            if not enabled or not history:
+                return None
+            return XAttnRes(spatial_dims, channels, history, query_init=query_init)
+
+        pool: List[int] = []  # channel layout of the history pool, in the order stages append to it
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for i, channels in enumerate(encoder_channels):
+            block = routing(previous, pool, enabled=xattnres in ("encoder", "full") and i > 0)
+            self.encoder.append(EncoderStage(spatial_dims, previous, channels, downsample=i > 0, routing=block))
+            pool.append(channels)
+            previous = channels
+        self.decoder = nn.ModuleList()
+        for j, channels in enumerate(decoder_channels):
+            skip_channels = encoder_channels[-2 - j] if skip else 0
+            block = routing(previous, pool, enabled=xattnres in ("decoder", "full"))
+            self.decoder.append(DecoderStage(spatial_dims, previous, skip_channels, channels, routing=block))
+            pool.append(channels)
+            previous = channels
+        self.head = Conv[Conv.CONV, spatial_dims](previous, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                "XAttnResUNet: expected a "
+                + str(self.spatial_dims + 2)
+                + "D input (batch, channel, spatial...), got shape "
+                + str(list(x.shape))
+                + "."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                "XAttnResUNet: expected input with "
+                + str(self.in_channels)
+                + " channels, got "
+                + str(x.shape[1])
+                + " (input shape "
+                + str(list(x.shape))
+                + ")."
+            )
+        history: List[torch.Tensor] = []  # the global feature history pool (Eq. 3), one forward pass only
+        cache: Dict[str, torch.Tensor] = {}  # resized history entries, shared by all XAttnRes blocks
+        for stage in self.encoder:
+            x = stage(x, history, cache)
+            history.append(x)
+        num_encoder = len(self.encoder)
+        for j, stage in enumerate(self.decoder):
+            x = stage(x, history[num_encoder - 2 - j], history, cache)
+            history.append(x)
+        return self.head(x)

@@ -1,0 +1,55 @@
+"""Inspection helpers for networks built with :class:`~xattnres_monai.networks.blocks.XAttnRes`."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Dict, Iterator
+
+import torch
+from torch import nn
+
+from xattnres_monai.networks.blocks.xattnres import XAttnRes
+
+__all__ = ["capture_attention", "count_parameters"]
+
+
+@contextmanager
+def capture_attention(network: nn.Module) -> Iterator[Dict[str, torch.Tensor]]:
+    """Record the attention weights of every XAttnRes block during forward passes (eager mode only).
+
+    Yields a dict filled on each forward pass: block name -> weights ``(B, K+1, *S)``, where entry
+    ``n < K`` is history entry ``n`` and the last entry is the stage's own input. The weights are
+    recomputed by forward hooks outside autograd, so the network's forward path (and its scripted
+    form) is unchanged and pays nothing when this is not used.
+
+    Example::
+
+        >>> net = XAttnResUNet(spatial_dims=2, in_channels=1, out_channels=2).eval()
+        >>> with capture_attention(net) as weights:
+        ...     net(torch.randn(1, 1, 64, 64))
+        >>> weights["decoder.3.routing"].shape  # 8 history entries + the stage input
+        torch.Size([1, 9, 64, 64])
+    """
+    weights: Dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: XAttnRes, args, output) -> None:
+            with torch.no_grad():
+                weights[name] = module.attention_weights(args[0], args[1]).detach()
+
+        return hook
+
+    for name, module in network.named_modules():
+        if isinstance(module, XAttnRes):
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def count_parameters(network: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``network``."""
+    return sum(p.numel() for p in network.parameters() if p.requires_grad or not trainable_only)
