@@ -1,0 +1,150 @@
+"""The XAttnRes block against the paper's equations (Eq. 4-8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.xattnres_reference import resize, stacked_xattnres
+from xattnres_monai.networks.blocks import QUERY_INITS, XAttnRes
+
+# (spatial_dims, target channels, target size, history [(channels, size)])
+CASES = {
+    "2d-mixed": (2, 8, (12, 10), [(8, (24, 20)), (4, (12, 10)), (16, (6, 5)), (8, (3, 3)), (8, (12, 10))]),
+    "2d-odd": (2, 6, (13, 7), [(3, (27, 15)), (6, (7, 4)), (12, (13, 7))]),
+    "3d-mixed": (3, 4, (6, 8, 5), [(2, (12, 16, 10)), (4, (3, 4, 3)), (8, (6, 8, 5)), (4, (6, 8, 5))]),
+}
+
+
+def make_case(name: str, seed: int = 0, batch: int = 2):
+    spatial_dims, channels, size, entries = CASES[name]
+    torch.manual_seed(seed)
+    block = XAttnRes(spatial_dims, channels, [c for c, _ in entries])
+    history = [torch.randn(batch, c, *s) for c, s in entries]
+    x = torch.randn(batch, channels, *size)
+    return block, x, history
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_zero_query_gives_mean_of_aligned_entries(name):
+    block, x, history = make_case(name)
+    size = list(x.shape[2:])
+    aligned = [proj(resize(h, size)) for proj, h in zip(block.projections, history)]
+    expected = torch.stack(aligned + [x]).mean(0)
+    torch.testing.assert_close(block(x, history), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_optimised_matches_stacked_equations(name):
+    block, x, history = make_case(name, seed=1)
+    with torch.no_grad():
+        block.query.normal_(std=2.0)  # far from uniform weights
+        block.gain.uniform_(0.5, 1.5)
+    out = block(x, history)
+    torch.testing.assert_close(out, stacked_xattnres(block, x, history), rtol=1e-5, atol=1e-5)
+    _, weights = stacked_xattnres(block, x, history, return_weights=True)
+    torch.testing.assert_close(block.attention_weights(x, history), weights, rtol=1e-5, atol=1e-5)
+    # the weights really vary over entries and positions
+    assert weights.std(dim=1).mean() > 0.05
+
+
+def test_upsampled_entries_are_projected_before_interpolation_exactly():
+    """Bilinear interpolation and a 1x1 conv commute: both orders give the same aligned value."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 3, 1, bias=False)
+    h = torch.randn(2, 5, 7, 9)
+    a = conv(F.interpolate(h, size=(15, 20), mode="bilinear", align_corners=False))
+    b = F.interpolate(conv(h), size=(15, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_projection_is_identity_when_channels_match_and_conv_otherwise():
+    block = XAttnRes(2, 8, [8, 4, 16])
+    assert isinstance(block.projections[0], torch.nn.Identity)
+    assert isinstance(block.projections[1], torch.nn.Conv2d) and block.projections[1].in_channels == 4
+    assert sum(p.numel() for p in block.parameters()) == 4 * 8 + 16 * 8 + 8 + 8
+
+
+def test_each_entry_resized_once_per_target_resolution():
+    block_a = XAttnRes(2, 4, [4, 8])
+    block_b = XAttnRes(2, 4, [4, 8, 4])
+    history = [torch.randn(1, 4, 32, 32), torch.randn(1, 8, 16, 16)]
+    cache: dict = {}
+    block_a(torch.randn(1, 4, 8, 8), history, cache)
+    assert sorted(cache) == ["pool0x8x8", "pool1x8x8"]
+    pooled = cache["pool0x8x8"]
+    history.append(torch.randn(1, 4, 8, 8))
+    block_b(torch.randn(1, 4, 8, 8), history, cache)
+    assert len(cache) == 2 and cache["pool0x8x8"] is pooled  # reused, not recomputed
+
+
+def test_gradients_reach_query_and_weights_specialise():
+    torch.manual_seed(0)
+    block = XAttnRes(2, 4, [4, 4, 4])
+    x = torch.randn(8, 4, 6, 6)
+    # entry n points mostly along channel n, so a single pseudo-query can tell the entries apart
+    history = [0.3 * torch.randn(8, 4, 6, 6) + 2 * F.one_hot(torch.tensor(n), 4).view(1, 4, 1, 1) for n in range(3)]
+    target = history[1]  # the toy task: route entry 1 through
+    loss = F.mse_loss(block(x, history), target)
+    loss.backward()
+    assert block.query.grad is not None and block.query.grad.abs().sum() > 0
+    optimiser = torch.optim.Adam(block.parameters(), lr=0.1)
+    for _ in range(30):
+        optimiser.zero_grad()
+        F.mse_loss(block(x, history), target).backward()
+        optimiser.step()
+    weights = block.attention_weights(x, history)
+    assert not torch.allclose(weights, torch.full_like(weights, 0.25), atol=1e-2)
+    assert weights[:, 1].mean() > 0.5  # it learned to prefer the useful entry
+
+
+@pytest.mark.parametrize("init", QUERY_INITS)
+def test_query_initialisations(init):
+    torch.manual_seed(0)
+    block = XAttnRes(2, 64, [32], query_init=init)
+    if init == "zero":
+        assert torch.count_nonzero(block.query) == 0
+    else:
+        assert block.query.abs().sum() > 0
+        bound = {"normal": 0.2, "kaiming_uniform": (6 / 64) ** 0.5, "xavier_uniform": (6 / 65) ** 0.5}[init]
+        assert block.query.abs().max() <= bound + 1e-6
+
+
+def test_no_state_kept_between_forward_passes():
+    block, x, history = make_case("2d-mixed")
+    first = block(x, history)
+    block(torch.randn_like(x), [torch.randn_like(h) for h in history])
+    torch.testing.assert_close(block(x, history), first)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(block).values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"spatial_dims": 1, "channels": 4, "history_channels": [4]}, "spatial_dims must be 2 or 3, got 1"),
+        ({"spatial_dims": 2, "channels": 4, "history_channels": [4], "query_init": "ones"}, "query_init must be"),
+        ({"spatial_dims": 2, "channels": 0, "history_channels": [4]}, "channel counts must be positive"),
+    ],
+)
+def test_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        XAttnRes(**kwargs)
+
+
+def test_bad_inputs_name_expected_and_given():
+    block = XAttnRes(2, 4, [8, 4])
+    with pytest.raises(ValueError, match="expected x with 4 channels, got 3"):
+        block(torch.randn(1, 3, 8, 8), [torch.randn(1, 8, 8, 8), torch.randn(1, 4, 8, 8)])
+    with pytest.raises(ValueError, match="at least 2 entries, got 1"):
+        block(torch.randn(1, 4, 8, 8), [torch.randn(1, 8, 8, 8)])
+    with pytest.raises(ValueError, match="history entry 0 should have 8 channels, got 5"):
+        block(torch.randn(1, 4, 8, 8), [torch.randn(1, 5, 8, 8), torch.randn(1, 4, 8, 8)])
+
+
+def test_block_is_scriptable():
+    block, x, history = make_case("3d-mixed")
+    with torch.no_grad():
+        block.query.normal_()
+    scripted = torch.jit.script(block)
+    torch.testing.assert_close(scripted(x, history, {}), block(x, history))
