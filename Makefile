@@ -23,8 +23,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
+# pytest exits 5 when nothing is marked slow: not a failure
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/xattnres_overhead.py

@@ -1,3 +1,11 @@
+from .dca import ChannelCrossAttention, DepthwiseProjection, DualCrossAttention, SpatialCrossAttention
 from .xattnres import QUERY_INITS, XAttnRes
 
-__all__ = ["XAttnRes", "QUERY_INITS"]
+__all__ = [
+    "XAttnRes",
+    "QUERY_INITS",
+    "DualCrossAttention",
+    "ChannelCrossAttention",
+    "SpatialCrossAttention",
+    "DepthwiseProjection",
+]

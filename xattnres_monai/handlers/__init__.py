@@ -1,0 +1,3 @@
+from .resume import ResumeFromLatest
+
+__all__ = ["ResumeFromLatest"]
