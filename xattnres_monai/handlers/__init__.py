@@ -1,3 +1,3 @@
-from .resume import ResumeFromLatest
+from .resume import EpochCheckpoint, latest_checkpoint
 
-__all__ = ["ResumeFromLatest"]
+__all__ = ["EpochCheckpoint", "latest_checkpoint"]

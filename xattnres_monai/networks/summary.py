@@ -18,12 +18,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from xattnres_monai.networks.blocks import DualCrossAttention
 from xattnres_monai.networks.nets import XAttnResUNet
 from xattnres_monai.networks.utils import count_parameters
 
 __all__ = ["UNET_CONFIGURATIONS", "count_flops", "summary_rows", "main"]
 
-#: the U-Net routing configurations of Tables 3-4: name -> constructor arguments.
+#: the U-Net routing configurations of Tables 3-4, and Dual Cross-Attention skips (alone and with
+#: XAttnRes) for comparison: name -> constructor arguments.
 UNET_CONFIGURATIONS: Dict[str, Dict[str, object]] = {
     "baseline": {"skip": True, "xattnres": "none"},
     "no_skip": {"skip": False, "xattnres": "none"},
@@ -31,7 +33,13 @@ UNET_CONFIGURATIONS: Dict[str, Dict[str, object]] = {
     "both": {"skip": True, "xattnres": "full"},
     "encoder_only": {"skip": True, "xattnres": "encoder"},
     "decoder_only": {"skip": True, "xattnres": "decoder"},
+    "dca": {"skip": True, "xattnres": "none", "dca": True},
+    "dca_both": {"skip": True, "xattnres": "full", "dca": True},
 }
+
+#: the DCA paper's U-Net skip widths and its published DCA overhead (8.64M -> 8.75M parameters).
+DCA_PAPER_SKIPS = (32, 64, 128, 256)
+DCA_PAPER_OVERHEAD = 0.11e6
 
 #: the paper's reported sizes (Table 2), for comparison.
 PAPER_PARAMS = {"baseline": 1.06e6, "both": 1.28e6}
@@ -105,6 +113,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows = summary_rows(unet_builders(args.spatial_dims, args.in_channels, args.out_channels), "baseline", shape)
     print(f"U-Net + XAttnRes, {args.spatial_dims}D, {args.in_channels} -> {args.out_channels} channels")
     print(format_rows(rows, PAPER_PARAMS))
+    dca_paper = count_parameters(DualCrossAttention(args.spatial_dims, DCA_PAPER_SKIPS))
+    print(
+        f"DCA block alone on the DCA paper's U-Net skips {list(DCA_PAPER_SKIPS)}: {dca_paper:,} parameters "
+        f"(paper: 8.64M -> 8.75M, +{DCA_PAPER_OVERHEAD / 1e6:.2f}M)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ has one head (attention over channels, keys and values are all ``C`` channels), 
 Design decisions (they reproduce the published parameter overhead exactly: 110,560 parameters on
 skips of 32, 64, 128 and 256 channels, the paper's U-Net going from 8.64M to 8.75M):
 
-* every depthwise projection has a weight and a bias per channel; the channel attention has
-  its own ``K_i`` and ``V_i`` over all ``C`` channels for every scale, the spatial attention its own
-  ``Q'_i`` and ``K'_i`` over all ``C`` channels for every scale: ``2 * (4 C_i + 2 C)`` per scale;
+* every depthwise projection has a weight and a bias per channel, and each scale has its own
+  projections in both attentions: two on ``C_i`` channels (``Q_i``, ``O_i`` and ``V'_i``, ``O'_i``)
+  and two on all ``C`` channels (``K_i``, ``V_i`` and ``Q'_i``, ``K'_i``): ``8 C_i + 8 C`` per scale;
 * one LayerNorm (with affine weight and bias, eps 1e-6) per scale before each attention: ``4 C_i``;
 * the patch embedding is parameter-free average pooling followed by a depthwise projection: ``2 C_i``;
 * back to the skip: a full 1x1 convolution with bias and a batch norm: ``C_i^2 + C_i + 2 C_i``;
 
-in all ``sum_i (C_i^2 + 17 C_i + 4 C)``.
+in all ``sum_i (C_i^2 + 17 C_i + 8 C)``.
 
 Differences from the published code, all parameter-neutral:
 
@@ -268,7 +268,7 @@ class DualCrossAttention(nn.Module):
     stores ``N^2`` weights per head, scale and sample, so its memory stays bounded at any input size.
 
     With the paper's U-Net skips (32, 64, 128, 256 channels) the block has 110,560 parameters, the
-    published overhead (8.64M -> 8.75M); in general ``sum_i (C_i^2 + 17 C_i + 4 C)`` with
+    published overhead (8.64M -> 8.75M); in general ``sum_i (C_i^2 + 17 C_i + 8 C)`` with
     ``C = sum_i C_i`` (see the module docstring for the breakdown).
 
     Args:

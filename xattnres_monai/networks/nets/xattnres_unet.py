@@ -10,6 +10,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
+from xattnres_monai.networks.blocks.dca import DualCrossAttention
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
 
 __all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
@@ -109,17 +110,27 @@ class XAttnResUNet(nn.Module):
     A classic U-Net (DoubleConv blocks, max-pool down, bilinear up, one downsampling per encoder
     stage after the first) with an optional XAttnRes block before every encoder stage but the first
     (Eq. 10) and/or every decoder stage (Eq. 11). Every stage output is appended to the history
-    pool, which lives only for one forward pass. The routing configurations of Tables 3-4:
+    pool, which lives only for one forward pass. The routing configurations of Tables 3-4, and
+    Dual Cross-Attention on the skip connections for comparison:
 
-    ==============================  ========  ============
-    configuration                   ``skip``  ``xattnres``
-    ==============================  ========  ============
-    U-Net baseline                  True      ``"none"``
-    U-Net, no skip                  False     ``"none"``
-    XAttnRes replaces skips         False     ``"full"``
-    XAttnRes + skips (default)      True      ``"full"``
-    encoder only / decoder only     either    ``"encoder"`` / ``"decoder"``
-    ==============================  ========  ============
+    ==============================  ========  ===============================  =========
+    configuration                   ``skip``  ``xattnres``                     ``dca``
+    ==============================  ========  ===============================  =========
+    U-Net baseline                  True      ``"none"``                       False
+    U-Net, no skip                  False     ``"none"``                       False
+    XAttnRes replaces skips         False     ``"full"``                       False
+    XAttnRes + skips (default)      True      ``"full"``                       False
+    encoder only / decoder only     either    ``"encoder"`` / ``"decoder"``    False
+    U-Net + DCA skips               True      ``"none"``                       True
+    DCA skips + XAttnRes            True      any but ``"none"``               True
+    ==============================  ========  ===============================  =========
+
+    With ``dca=True`` a :class:`~xattnres_monai.networks.blocks.DualCrossAttention` block refines
+    the encoder outputs ``e_1 .. e_{S-1}`` that the decoder concatenates (all but the bottleneck)
+    before the decoder reads them; the history pool that XAttnRes reads keeps the raw stage
+    outputs. On the default widths DCA adds 33,520 parameters (skips of 16, 32, 64, 128 channels:
+    patch size 8, 4 spatial heads, at most 784 tokens); the spatial heads must divide every skip's
+    channel count.
 
     The default widths (16, 32, 64, 128, 128 / 64, 32, 16, 16; decoder blocks with
     ``max((up + skip) // 2, out)`` middle channels) give a 1.08M-parameter baseline, the
@@ -136,6 +147,8 @@ class XAttnResUNet(nn.Module):
         xattnres: where XAttnRes is applied: ``"none"``, ``"encoder"``, ``"decoder"`` or ``"full"``.
         query_init: pseudo-query initialisation (Table 5): ``"zero"``, ``"normal"``,
             ``"kaiming_uniform"`` or ``"xavier_uniform"``.
+        dca: refine the skip connections with Dual Cross-Attention before the decoder
+            concatenates them; requires ``skip=True``.
 
     Example::
 
@@ -143,6 +156,7 @@ class XAttnResUNet(nn.Module):
         >>> net(torch.randn(2, 1, 224, 224)).shape
         torch.Size([2, 9, 224, 224])
         >>> replace = XAttnResUNet(spatial_dims=3, in_channels=1, out_channels=2, skip=False, xattnres="full")
+        >>> dca = XAttnResUNet(spatial_dims=2, in_channels=1, out_channels=9, xattnres="none", dca=True)
     """
 
     def __init__(
@@ -155,6 +169,7 @@ class XAttnResUNet(nn.Module):
         skip: bool = True,
         xattnres: str = "full",
         query_init: str = "zero",
+        dca: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -174,6 +189,10 @@ class XAttnResUNet(nn.Module):
             )
         if min(encoder_channels + decoder_channels + [in_channels, out_channels]) < 1:
             raise ValueError("XAttnResUNet: all channel counts must be positive.")
+        if dca and not skip:
+            raise ValueError(
+                "XAttnResUNet: dca=True refines the skip connections, so it needs skip=True (got skip=False)."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -201,6 +220,10 @@ class XAttnResUNet(nn.Module):
             pool.append(channels)
             previous = channels
         self.head = Conv[Conv.CONV, spatial_dims](previous, out_channels, kernel_size=1)
+        # Dual Cross-Attention over the skip maps e_1 .. e_{S-1}, finest first
+        self.dca: Optional[DualCrossAttention] = (
+            DualCrossAttention(spatial_dims, encoder_channels[:-1]) if dca else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.spatial_dims + 2:
@@ -227,7 +250,11 @@ class XAttnResUNet(nn.Module):
             x = stage(x, history, cache)
             history.append(x)
         num_encoder = len(self.encoder)
+        skips = history[: num_encoder - 1]  # the raw encoder outputs stay in the history pool
+        dca = self.dca
+        if dca is not None:
+            skips = dca(skips)
         for j, stage in enumerate(self.decoder):
-            x = stage(x, history[num_encoder - 2 - j], history, cache)
+            x = stage(x, skips[num_encoder - 2 - j], history, cache)
             history.append(x)
         return self.head(x)

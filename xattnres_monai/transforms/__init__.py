@@ -1,0 +1,3 @@
+from .io import SaveSegmentationd
+
+__all__ = ["SaveSegmentationd"]
