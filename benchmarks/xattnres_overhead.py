@@ -4,6 +4,8 @@ For every U-Net routing configuration relative to the plain U-Net (1 x 224 x 224
 parameters, FLOPs (``torch.utils.flop_counter``, forward + backward), forward+backward wall time
 (median of repeated runs) and peak memory of the training step; then the optimised XAttnRes block
 against the literal stacked implementation of the paper's equations (``tests/xattnres_reference.py``).
+The configurations include Dual Cross-Attention on the skips (``dca``; ``dca_both`` with XAttnRes
+too) for comparison: its spatial attention over 28 x 28 tokens on four scales costs counted FLOPs.
 
 Targets (from the project issue, checked and printed here, not in the test suite):
 * FLOPs overhead of "both" <= +15 % (the paper's 2.87G vs 2.50G);
@@ -178,6 +180,12 @@ def main() -> None:
             f"{r['time']:>9.3f}{r['time'] / base['time']:>7.3f}"
             f"{r['memory'] / 2**20:>10.0f}{r['memory'] / base['memory']:>7.3f}"
         )
+    dca = results["dca"]
+    dca_over = {key: 100 * (dca[key] / base[key] - 1) for key in ("params", "flops", "time", "memory")}
+    print(
+        f"DCA skips vs plain U-Net: params {dca['params'] - base['params']:+,} ({dca_over['params']:+.1f} %), "
+        f"FLOPs {dca_over['flops']:+.1f} %, time {dca_over['time']:+.1f} %, peak memory {dca_over['memory']:+.1f} %"
+    )
     both = results["both"]
     flops_over = 100 * (both["flops"] / base["flops"] - 1)
     time_over = 100 * (both["time"] / base["time"] - 1)

@@ -42,3 +42,75 @@ class InferenceReport:
         if self.inputs.failures and self.exit_on_failure:
             print(f"error: {len(self.inputs.failures)} scan(s) failed; see above", file=sys.stderr, flush=True)
             raise SystemExit(2)
+
+
+class SegmentationReport:
+    """Per-case, per-organ Dice / HD95 / IoU of an evaluation run, in both conventions, written at the end.
+
+    On every iteration the predicted label map (inverted to the scan's original grid) is compared
+    with the ground-truth file read from disk (the exact original grid, no resampling), using
+    :func:`xattnres_monai.metrics.evaluate_case` in the ``"literature"`` and ``"physical"``
+    conventions. At completion :func:`xattnres_monai.metrics.write_reports` writes
+    ``per_case_<convention>.csv``, ``summary.csv`` and ``summary.md`` (Table-1 columns) atomically, and
+    the summary table is printed.
+
+    Args:
+        output_dir: folder of the reports.
+        num_classes: classes including background.
+        pred_key: item key of the prediction (class ids or one-hot / probabilities, channel first).
+        label_key: item key whose ``filename_or_obj`` metadata names the ground-truth file.
+        overwrite: replace existing reports.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        num_classes: int = 9,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        overwrite: bool = False,
+    ) -> None:
+        self.output_dir = output_dir
+        self.num_classes = num_classes
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.overwrite = overwrite
+        self.rows: List[Dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        from xattnres_monai.utils.files import check_writable
+
+        check_writable(  # fail before the run, not after it
+            [f"{self.output_dir}/{name}" for name in ("summary.csv", "summary.md")], overwrite=self.overwrite
+        )
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        import nibabel as nib
+        import numpy as np
+
+        from xattnres_monai.metrics import CONVENTIONS, evaluate_case
+
+        for item in engine.state.output:
+            pred = item[self.pred_key]
+            pred = pred.argmax(0) if pred.shape[0] > 1 else pred[0]
+            label_file = item[self.label_key].meta["filename_or_obj"]
+            label_image = nib.load(label_file)
+            label = np.asanyarray(label_image.dataobj).astype(np.int64)
+            if tuple(pred.shape) != label.shape:
+                raise ValueError(f"{label_file}: prediction shape {tuple(pred.shape)} != label shape {label.shape}")
+            spacing = affine_to_spacing(torch.as_tensor(label_image.affine), r=3).tolist()
+            case = str(item.get("case", label_file))
+            pred_np = torch.as_tensor(pred).cpu().numpy().astype(np.int64)
+            for convention in CONVENTIONS:
+                self.rows.append(evaluate_case(pred_np, label, spacing, self.num_classes, convention, case=case))
+
+    def write(self, engine: Engine) -> None:
+        from xattnres_monai.metrics import write_reports
+
+        paths = write_reports(self.rows, self.output_dir, overwrite=self.overwrite)
+        with open(paths["summary_md"]) as f:
+            print(f.read(), flush=True)
+        logger.info(f"evaluation reports written: {', '.join(str(p) for p in paths.values())}")

@@ -326,7 +326,7 @@ class DualCrossAttention(nn.Module):
         self.fusions = nn.ModuleList([_SkipFusion(spatial_dims, c) for c in self.channels])
 
     def token_grid(self, size: List[int]) -> List[int]:
-        """The token grid for a finest skip of spatial ``size``: ``round(size / patch_size)``, capped at ``max_tokens``."""
+        """Token grid for a finest skip of spatial ``size``: ``round(size / patch_size)``, at most ``max_tokens``."""
         grid = [max(1, int(math.floor(s / self.patch_size + 0.5))) for s in size]
         total = 1
         for g in grid:
