@@ -1,4 +1,5 @@
 from .dca import ChannelCrossAttention, DepthwiseProjection, DualCrossAttention, SpatialCrossAttention
+from .emcad import CAB, EUCB, LGAG, MSCB, SAB, EMCADDecoder
 from .xattnres import QUERY_INITS, XAttnRes
 
 __all__ = [
@@ -8,4 +9,10 @@ __all__ = [
     "ChannelCrossAttention",
     "SpatialCrossAttention",
     "DepthwiseProjection",
+    "EMCADDecoder",
+    "CAB",
+    "SAB",
+    "MSCB",
+    "EUCB",
+    "LGAG",
 ]

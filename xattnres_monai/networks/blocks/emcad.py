@@ -327,9 +327,9 @@ class EMCADDecoder(nn.Module):
         self.mscb1 = MSCB(spatial_dims, c1, kernel_sizes, expansion_factor)
         self.sab = SAB(spatial_dims)  # shared by the four stages
 
-        self.lgag3: Optional[LGAG] = LGAG(spatial_dims, c3, lgag_kernel_size) if skip else None
-        self.lgag2: Optional[LGAG] = LGAG(spatial_dims, c2, lgag_kernel_size) if skip else None
-        self.lgag1: Optional[LGAG] = LGAG(spatial_dims, c1, lgag_kernel_size) if skip else None
+        self.lgag3 = LGAG(spatial_dims, c3, lgag_kernel_size) if skip else None
+        self.lgag2 = LGAG(spatial_dims, c2, lgag_kernel_size) if skip else None
+        self.lgag1 = LGAG(spatial_dims, c1, lgag_kernel_size) if skip else None
 
         # history pool layout: encoder maps (fine to coarse), then decoder outputs (coarse to fine)
         pool = [c1, c2, c3, c4]
@@ -337,10 +337,10 @@ class EMCADDecoder(nn.Module):
         for c in channels:
             routings.append(XAttnRes(spatial_dims, c, list(pool), query_init=query_init) if xattnres else None)
             pool.append(c)
-        self.routing4: Optional[XAttnRes] = routings[0]
-        self.routing3: Optional[XAttnRes] = routings[1]
-        self.routing2: Optional[XAttnRes] = routings[2]
-        self.routing1: Optional[XAttnRes] = routings[3]
+        self.routing4 = routings[0]
+        self.routing3 = routings[1]
+        self.routing2 = routings[2]
+        self.routing1 = routings[3]
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         """Args:
