@@ -93,7 +93,7 @@ _STRUCTURES: List[Union[_Ellipsoid, _Tube]] = [
     _Ellipsoid(3, (-0.36, -0.50, 0.42), (0.12, 0.17, 0.17), 20.0),  # left kidney
     _Ellipsoid(12, (0.26, -0.42, 0.60), (0.05, 0.06, 0.05), 0.0),  # right adrenal
     _Ellipsoid(13, (-0.26, -0.42, 0.62), (0.05, 0.06, 0.05), 0.0),  # left adrenal
-    _Tube(8, (-0.08, -0.42), 0.065, (0.05, 0.95)),  # aorta
+    _Tube(8, (-0.08, -0.42), 0.075, (0.05, 0.95)),  # aorta
     _Tube(9, (0.14, -0.38), 0.07, (0.05, 0.85)),  # inferior vena cava
     _Tube(5, (-0.08, -0.22), 0.045, (0.86, 1.0)),  # esophagus
 ]
@@ -256,10 +256,14 @@ def _parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[Path, Path]]:
     """Command-line entry point; see ``python -m xattnres_monai.data.phantoms --help``."""
-    args = _parser().parse_args(argv)
-    pairs = write_phantoms(
-        args.output, args.cases, args.size, args.spacing, args.seed, args.first_case, overwrite=args.overwrite
-    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        pairs = write_phantoms(
+            args.output, args.cases, args.size, args.spacing, args.seed, args.first_case, overwrite=args.overwrite
+        )
+    except ValueError as err:  # invalid sizes or counts: a usage error
+        parser.error(str(err))
     print(f"wrote {len(pairs)} phantom case(s) of size {tuple(args.size)} to {args.output}")
     return pairs
 

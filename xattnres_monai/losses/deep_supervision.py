@@ -44,7 +44,9 @@ class MutationLoss(nn.Module):
                  "to_onehot_y": true, "softmax": true, "lambda_ce": 0.3, "lambda_dice": 0.7}
     """
 
-    def __init__(self, loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None, **dice_ce_kwargs: Any):
+    def __init__(
+        self, loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None, **dice_ce_kwargs: Any
+    ) -> None:
         super().__init__()
         if loss is None:
             loss = DiceCELoss(**dice_ce_kwargs)

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,14 +110,24 @@ def _crop_to_union(pred: np.ndarray, gt: np.ndarray, margin: int = 1) -> Tuple[n
 
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
     """A binary mask as a one-channel batch ``(1, 1, *spatial)`` for MONAI's metric functions."""
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float64))[None, None]
+
+
+@contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """Silence MONAI's internal deprecation notice (``get_mask_edges(always_return_as_numpy=...)``, MONAI 1.5-1.6)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def _hd95_pooled(pred: np.ndarray, gt: np.ndarray) -> float:
     """HD95 in voxels as ``medpy.metric.binary.hd95``: 95th percentile of both directions' distances pooled."""
-    _, distances, _ = get_edge_surface_distance(
-        torch.from_numpy(pred), torch.from_numpy(gt), distance_metric="euclidean", spacing=None, symmetric=True
-    )
+    with _quiet_monai():
+        _, distances, _ = get_edge_surface_distance(
+            torch.from_numpy(pred), torch.from_numpy(gt), distance_metric="euclidean", spacing=None, symmetric=True
+        )
     pooled = np.concatenate([convert_to_numpy(d).ravel() for d in distances])
     return float(np.percentile(pooled, 95))
 
@@ -134,7 +145,8 @@ def _organ_scores(
         if convention == "literature":
             hd95 = _hd95_pooled(pred, gt)
         else:
-            hd = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+            with _quiet_monai():
+                hd = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
             hd95 = float(hd[0, 0])
         return dice, hd95, iou, "ok"
     if convention == "literature":
@@ -239,7 +251,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         name: {metric: _mean([row[f"{metric}_{name}"] for row in rows]) for metric in ("dice", "hd95", "iou")}
         for name in names
     }
-    counts = {name: {status: sum(row[f"status_{name}"] == status for row in rows) for status in STATUSES} for name in names}
+    counts = {
+        name: {status: sum(row[f"status_{name}"] == status for row in rows) for status in STATUSES} for name in names
+    }
     summary: Dict[str, Any] = {"convention": convention, "cases": len(rows), "hd95_unit": HD95_UNITS[convention]}
     summary["DSC"] = 100.0 * _mean([per_organ[n]["dice"] for n in names])
     summary["HD95"] = _mean([per_organ[n]["hd95"] for n in names])
@@ -285,7 +299,8 @@ def format_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
     lines += ["| Convention | Outcome | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for s in summaries:
         for status in STATUSES[1:]:
-            lines.append(f"| {s['convention']} | {status} | " + " | ".join(str(s["counts"][n][status]) for n in names) + " |")
+            counts = " | ".join(str(s["counts"][n][status]) for n in names)
+            lines.append(f"| {s['convention']} | {status} | {counts} |")
     lines += [
         "",
         "DSC, mIoU and organ columns: Dice / IoU in %, mean over cases then over organs.",

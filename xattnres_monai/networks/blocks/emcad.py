@@ -38,7 +38,7 @@ def _check_2d(name: str, spatial_dims: int) -> None:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet channel shuffle: ``(B, g*c, H, W)`` viewed as ``(B, g, c, H, W)``, transposed to ``(B, c, g, H, W)``."""
+    """ShuffleNet channel shuffle: view ``(B, g*c, H, W)`` as ``(B, g, c, H, W)``, swap ``g`` and ``c``, flatten back."""
     batch, channels, height, width = x.shape
     x = x.reshape(batch, groups, channels // groups, height, width).transpose(1, 2)
     return x.reshape(batch, channels, height, width)
@@ -306,7 +306,9 @@ class EMCADDecoder(nn.Module):
         _check_2d("EMCADDecoder", spatial_dims)
         channels = [int(c) for c in channels]
         if len(channels) != 4:
-            raise ValueError(f"EMCADDecoder: expected 4 channel counts (coarse to fine), got {len(channels)} ({channels}).")
+            raise ValueError(
+                f"EMCADDecoder: expected 4 channel counts (coarse to fine), got {len(channels)} ({channels})."
+            )
         if min(channels) < 2:
             raise ValueError(f"EMCADDecoder: channel counts must be >= 2, got {channels}.")
         self.channels = channels

@@ -107,7 +107,9 @@ class EMCADNet(nn.Module):
         if spatial_dims != 2:
             raise ValueError(f"EMCADNet: only spatial_dims=2 is supported (PVTv2/EMCAD are 2D), got {spatial_dims!r}.")
         if in_channels not in (1, 3):
-            raise ValueError(f"EMCADNet: in_channels must be 1 (grey, learned 1->3 stem) or 3 (RGB), got {in_channels!r}.")
+            raise ValueError(
+                f"EMCADNet: in_channels must be 1 (grey, learned 1->3 stem) or 3 (RGB), got {in_channels!r}."
+            )
         if out_channels < 1:
             raise ValueError(f"EMCADNet: out_channels must be positive, got {out_channels!r}.")
         if query_init not in QUERY_INITS:
@@ -122,7 +124,9 @@ class EMCADNet(nn.Module):
 
         self.stem = None
         if in_channels != 3:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, 3, kernel_size=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, 3, kernel_size=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
+            )
         self.encoder = PVTv2(variant, in_channels=3, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path)
         channels = list(PVT_V2_CONFIGS[variant]["embed_dims"])[::-1]  # coarse to fine
         self.decoder = EMCADDecoder(spatial_dims, channels, skip=skip, xattnres=xattnres, query_init=query_init)
@@ -140,7 +144,9 @@ class EMCADNet(nn.Module):
             ``deep_supervision`` the four heads' logits, coarse to fine, each at ``H x W``.
         """
         if x.dim() != 4:
-            raise ValueError("EMCADNet: expected a 4D input (batch, channel, H, W), got shape " + str(list(x.shape)) + ".")
+            raise ValueError(
+                "EMCADNet: expected a 4D input (batch, channel, H, W), got shape " + str(list(x.shape)) + "."
+            )
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 "EMCADNet: expected input with "

@@ -362,7 +362,9 @@ class PVTv2Encoder(PVTv2, BaseEncoder):
                 "PVTv2Encoder: pretrained=True is not supported because nothing is downloaded; build with "
                 "pretrained=False and load a local file with load_pvt_pretrained(net.encoder, path)."
             )
-        super().__init__(variant, in_channels=in_channels, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path)
+        super().__init__(
+            variant, in_channels=in_channels, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path
+        )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``[Up2(e1), e1, e2, e3, e4]``: five maps at strides 2, 4, 8, 16, 32."""
@@ -432,12 +434,12 @@ def load_pvt_pretrained(encoder: nn.Module, path: Union[str, "os.PathLike[str]"]
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"load_pvt_pretrained: no checkpoint file at {path!r}.")
+        raise FileNotFoundError(f"load_pvt_pretrained: no checkpoint file at '{path}'.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors all mean "not a valid checkpoint"
         raise ValueError(
-            f"load_pvt_pretrained: {path!r} is not a valid PyTorch checkpoint ({type(error).__name__}: {error})."
+            f"load_pvt_pretrained: '{path}' is not a valid PyTorch checkpoint ({type(error).__name__}: {error})."
         ) from error
     state = checkpoint
     if isinstance(checkpoint, Mapping):
@@ -447,13 +449,14 @@ def load_pvt_pretrained(encoder: nn.Module, path: Union[str, "os.PathLike[str]"]
                 break
     if not isinstance(state, Mapping) or not state:
         raise ValueError(
-            f"load_pvt_pretrained: {path!r} does not hold a state dict (expected a mapping of parameter names to "
+            f"load_pvt_pretrained: '{path}' does not hold a state dict (expected a mapping of parameter names to "
             f"tensors, possibly under 'model' or 'state_dict'; got {type(state).__name__})."
         )
     non_tensor = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensor:
         raise ValueError(
-            f"load_pvt_pretrained: {path!r} is not a state dict: entries without a tensor value: {_describe(non_tensor)}."
+            f"load_pvt_pretrained: '{path}' is not a state dict: entries without a tensor value: "
+            f"{_describe(non_tensor)}."
         )
     weights: Dict[str, torch.Tensor] = {}
     ignored = 0
@@ -485,9 +488,15 @@ def load_pvt_pretrained(encoder: nn.Module, path: Union[str, "os.PathLike[str]"]
         problems.append(f"unexpected keys: {_describe(unexpected)}")
     if problems:
         raise ValueError(
-            f"load_pvt_pretrained: {path!r} does not match the {type(encoder).__name__} encoder "
+            f"load_pvt_pretrained: '{path}' does not match the {type(encoder).__name__} encoder "
             f"({matched}/{len(expected)} tensors match); " + "; ".join(problems) + "."
         )
     encoder.load_state_dict(weights, strict=True)
-    logger.info("load_pvt_pretrained: loaded %d/%d tensors from %s (ignored %d head tensors).", matched, len(expected), path, ignored)
+    logger.info(
+        "load_pvt_pretrained: loaded %d/%d tensors from %s (ignored %d head tensors).",
+        matched,
+        len(expected),
+        path,
+        ignored,
+    )
     return matched
