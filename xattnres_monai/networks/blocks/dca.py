@@ -28,7 +28,12 @@ skips of 32, 64, 128 and 256 channels, the paper's U-Net going from 8.64M to 8.7
 * the patch embedding is parameter-free average pooling followed by a depthwise projection: ``2 C_i``;
 * back to the skip: a full 1x1 convolution with bias and a batch norm: ``C_i^2 + C_i + 2 C_i``;
 
-in all ``sum_i (C_i^2 + 17 C_i + 8 C)``.
+in all ``sum_i (C_i^2 + 17 C_i + 8 C)``. The spatial attention's key biases (``C`` per scale) are kept
+for parity with the published block although they are redundant: a key bias adds ``q_n . b`` to
+every logit of query row ``n``, which the softmax over the keys cancels, so their gradient is zero
+(up to rounding). As in the published block, the per-channel constants added after the last
+attention (the spatial value and output biases, the 1x1 convolution bias) are removed again by the
+batch norm in training mode.
 
 Differences from the published code, all parameter-neutral:
 
