@@ -182,3 +182,16 @@ def test_metadata_and_network_io_verify():
         capture_output=True, text=True,
     )
     assert net_io.returncode == 0 and "verified with no error" in net_io.stdout + net_io.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", ["dca.json", "emcad.json"])
+def test_routing_overlays_train_one_epoch(trained, overlay, tmp_path):
+    root, _ = trained
+    run_bundle(["train.json", overlay], tmp_path, "--datalist", str(root / "datalist.json"), "--max_epochs", "1",
+               "--val_interval", "1")
+    import torch
+
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    marker = "dca." if overlay == "dca.json" else "encoder.patch_embed1"
+    assert any(marker in k for k in state), sorted(state)[:5]

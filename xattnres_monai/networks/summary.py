@@ -4,6 +4,7 @@ Usage::
 
     python -m xattnres_monai.networks.summary               # parameters of every configuration
     python -m xattnres_monai.networks.summary --flops 224   # plus forward FLOPs at 1x224x224
+    python -m xattnres_monai.networks.summary --emcad       # plus EMCAD (PVTv2-B2) with and without XAttnRes
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add; convolutions,
 matrix products and attention; element-wise operations, pooling and interpolation are not counted).
@@ -106,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--out-channels", type=int, default=1)
     parser.add_argument("--flops", type=int, default=None, metavar="SIZE", help="also count FLOPs at SIZE^d, batch 1")
+    parser.add_argument("--emcad", action="store_true", help="also EMCAD / PVTv2-B2 sizes and FLOPs (slow, ~30 s)")
     args = parser.parse_args(argv)
     shape = None
     if args.flops:
@@ -118,6 +120,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"DCA block alone on the DCA paper's U-Net skips {list(DCA_PAPER_SKIPS)}: {dca_paper:,} parameters "
         f"(paper: 8.64M -> 8.75M, +{DCA_PAPER_OVERHEAD / 1e6:.2f}M)"
     )
+    if args.emcad:
+        from xattnres_monai.networks.nets.emcad import emcad_summary
+
+        print()
+        print(emcad_summary())
 
 
 if __name__ == "__main__":
