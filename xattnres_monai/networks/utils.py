@@ -10,7 +10,7 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
 
-__all__ = ["capture_attention", "count_parameters"]
+__all__ = ["capture_attention", "check_input", "count_parameters"]
 
 
 @contextmanager
@@ -53,3 +53,31 @@ def capture_attention(network: nn.Module) -> Iterator[Dict[str, torch.Tensor]]:
 def count_parameters(network: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of ``network``."""
     return sum(p.numel() for p in network.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_input(x: torch.Tensor, network: str, spatial_dims: int, in_channels: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(batch, in_channels, *spatial)`` with ``spatial_dims`` spatial axes.
+
+    TorchScript-compatible, so networks call it at the top of ``forward``; the message names the network, what
+    was expected and what was given.
+    """
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(
+            network
+            + ": expected a "
+            + str(spatial_dims + 2)
+            + "D input (batch, channel, spatial...), got shape "
+            + str(list(x.shape))
+            + "."
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            network
+            + ": expected input with "
+            + str(in_channels)
+            + " channels, got "
+            + str(x.shape[1])
+            + " (input shape "
+            + str(list(x.shape))
+            + ")."
+        )

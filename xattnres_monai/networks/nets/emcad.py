@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from xattnres_monai.networks.blocks.emcad import EMCADDecoder
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS
 from xattnres_monai.networks.nets.pvt import PVT_V2_CONFIGS, PVTv2, _normalise_variant
+from xattnres_monai.networks.utils import check_input
 
 __all__ = ["EMCADNet", "emcad_summary", "EMCAD_CONFIGURATIONS", "EMCAD_PAPER_PARAMS"]
 
@@ -143,20 +144,7 @@ class EMCADNet(nn.Module):
             the finest head's logits ``(N, out_channels, H, W)``, or in training mode with
             ``deep_supervision`` the four heads' logits, coarse to fine, each at ``H x W``.
         """
-        if x.dim() != 4:
-            raise ValueError(
-                "EMCADNet: expected a 4D input (batch, channel, H, W), got shape " + str(list(x.shape)) + "."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                "EMCADNet: expected input with "
-                + str(self.in_channels)
-                + " channels, got "
-                + str(x.shape[1])
-                + " (input shape "
-                + str(list(x.shape))
-                + ")."
-            )
+        check_input(x, "EMCADNet", 2, self.in_channels)
         size = [x.shape[2], x.shape[3]]
         if self.stem is not None:
             x = self.stem(x)

@@ -34,6 +34,8 @@ from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
+from xattnres_monai.networks.utils import check_input
+
 __all__ = ["PVTv2", "PVTv2Encoder", "PVT_V2_CONFIGS", "load_pvt_pretrained"]
 
 logger = logging.getLogger(__name__)
@@ -268,18 +270,7 @@ class PVTv2(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The four stage maps ``[e1, e2, e3, e4]`` (strides 4, 8, 16, 32)."""
-        if x.dim() != 4:
-            raise ValueError("PVTv2: expected a 4D input (batch, channel, H, W), got shape " + str(list(x.shape)) + ".")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                "PVTv2: expected input with "
-                + str(self.in_channels)
-                + " channels, got "
-                + str(x.shape[1])
-                + " (input shape "
-                + str(list(x.shape))
-                + ")."
-            )
+        check_input(x, "PVTv2", 2, self.in_channels)
         # unrolled over the four stages so that the module is TorchScript-compatible
         outputs: List[torch.Tensor] = []
         x, height, width = self.patch_embed1(x)

@@ -12,6 +12,7 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
+from xattnres_monai.networks.utils import check_input
 
 __all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
 
@@ -226,24 +227,7 @@ class XAttnResUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                "XAttnResUNet: expected a "
-                + str(self.spatial_dims + 2)
-                + "D input (batch, channel, spatial...), got shape "
-                + str(list(x.shape))
-                + "."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                "XAttnResUNet: expected input with "
-                + str(self.in_channels)
-                + " channels, got "
-                + str(x.shape[1])
-                + " (input shape "
-                + str(list(x.shape))
-                + ")."
-            )
+        check_input(x, "XAttnResUNet", self.spatial_dims, self.in_channels)
         history: List[torch.Tensor] = []  # the global feature history pool (Eq. 3), one forward pass only
         cache: Dict[str, torch.Tensor] = {}  # resized history entries, shared by all XAttnRes blocks
         for stage in self.encoder:
