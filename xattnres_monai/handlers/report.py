@@ -58,7 +58,7 @@ class SegmentationReport:
         output_dir: folder of the reports.
         num_classes: classes including background.
         pred_key: item key of the prediction (class ids or one-hot / probabilities, channel first).
-        label_key: item key whose ``filename_or_obj`` metadata names the ground-truth file.
+        label_key: batch key whose ``filename_or_obj`` metadata names the ground-truth file.
         overwrite: replace existing reports.
     """
 
@@ -93,12 +93,19 @@ class SegmentationReport:
 
         from xattnres_monai.metrics import CONVENTIONS, evaluate_case
 
-        for item in engine.state.output:
+        # the label file is taken from the input batch: after ``Invertd`` the label's metadata is the image's
+        # (MONAI engines keep the decollated input items in ``state.batch``)
+        for item, source in zip(engine.state.output, engine.state.batch):
+            label_file = source[self.label_key].meta["filename_or_obj"]
             pred = item[self.pred_key]
             pred = pred.argmax(0) if pred.shape[0] > 1 else pred[0]
-            label_file = item[self.label_key].meta["filename_or_obj"]
             label_image = nib.load(label_file)
             label = np.asanyarray(label_image.dataobj).astype(np.int64)
+            if label.min() < 0 or label.max() >= self.num_classes:
+                raise ValueError(
+                    f"{label_file}: label values {int(label.min())}..{int(label.max())} outside the class map "
+                    f"0..{self.num_classes - 1}"
+                )
             if tuple(pred.shape) != label.shape:
                 raise ValueError(f"{label_file}: prediction shape {tuple(pred.shape)} != label shape {label.shape}")
             spacing = affine_to_spacing(torch.as_tensor(label_image.affine), r=3).tolist()
