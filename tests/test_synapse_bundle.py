@@ -24,7 +24,7 @@ ORGANS = ["Aorta", "GB", "KL", "KR", "Liver", "PC", "Spleen", "SM"]
 def run_bundle(configs, bundle_root, *args, check=True):
     config_file = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file, "--bundle_root", str(bundle_root)]
-    result = subprocess.run(cmd + TINY + list(args), capture_output=True, text=True)
+    result = subprocess.run(cmd + TINY + list(args), capture_output=True, encoding="utf-8", errors="replace")
     if check and result.returncode != 0:
         raise AssertionError(f"bundle run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -173,13 +173,13 @@ def test_metadata_and_network_io_verify():
     meta = CONFIGS / "metadata.json"
     verify = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)],
-        capture_output=True, text=True,
+        capture_output=True, encoding="utf-8", errors="replace",
     )
     assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr
     net_io = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(meta),
          "--config_file", str(CONFIGS / "inference.json")],
-        capture_output=True, text=True,
+        capture_output=True, encoding="utf-8", errors="replace",
     )
     assert net_io.returncode == 0 and "verified with no error" in net_io.stdout + net_io.stderr
 
