@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
+import nibabel as nib
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 
 from xattnres_monai.data.inputs import InferenceInputs
+from xattnres_monai.metrics import CONVENTIONS, evaluate_case, write_reports
+from xattnres_monai.utils.files import check_writable
 
 __all__ = ["InferenceReport", "SegmentationReport"]
 
@@ -78,8 +82,6 @@ class SegmentationReport:
         self.rows: List[Dict] = []
 
     def attach(self, engine: Engine) -> None:
-        from xattnres_monai.utils.files import check_writable
-
         check_writable(  # fail before the run, not after it
             [f"{self.output_dir}/{name}" for name in ("summary.csv", "summary.md")], overwrite=self.overwrite
         )
@@ -88,11 +90,6 @@ class SegmentationReport:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def collect(self, engine: Engine) -> None:
-        import nibabel as nib
-        import numpy as np
-
-        from xattnres_monai.metrics import CONVENTIONS, evaluate_case
-
         # the label file is taken from the input batch: after ``Invertd`` the label's metadata is the image's
         # (MONAI engines keep the decollated input items in ``state.batch``)
         for item, source in zip(engine.state.output, engine.state.batch):
@@ -115,8 +112,6 @@ class SegmentationReport:
                 self.rows.append(evaluate_case(pred_np, label, spacing, self.num_classes, convention, case=case))
 
     def write(self, engine: Engine) -> None:
-        from xattnres_monai.metrics import write_reports
-
         paths = write_reports(self.rows, self.output_dir, overwrite=self.overwrite)
         with open(paths["summary_md"]) as f:
             print(f.read(), flush=True)
