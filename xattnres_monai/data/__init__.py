@@ -1,7 +1,9 @@
-"""Data preparation: the Synapse multi-organ CT datalist (raw BTCV or TransUNet's form) and synthetic phantoms.
+"""Data preparation: the Synapse multi-organ CT datalist (raw BTCV or TransUNet's form), the 2D binary datalists
+(CVC-ClinicDB, CVC-ColonDB, ISIC 2017), and synthetic phantoms / releases of both.
 
 The submodules are also command-line programs (``python -m xattnres_monai.data.synapse``,
-``python -m xattnres_monai.data.phantoms``), so they are imported lazily here: importing them eagerly would make
+``python -m xattnres_monai.data.phantoms``, ``python -m xattnres_monai.data.images``,
+``python -m xattnres_monai.data.image_phantoms``), so they are imported lazily here: importing them eagerly would make
 ``runpy`` warn that the module was already imported before running it as ``__main__``.
 """
 
@@ -27,6 +29,8 @@ _EXPORTS = {
         "split_cases",
     ),
     "phantoms": ("generate_phantom", "write_phantoms"),
+    "images": ("check_mask_values", "detect_layout", "prepare_images"),
+    "image_phantoms": ("generate_image_case", "write_image_release"),
 }
 _OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
 

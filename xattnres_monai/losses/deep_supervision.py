@@ -9,7 +9,17 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["MutationLoss", "head_subsets"]
+__all__ = ["MutationLoss", "finest_head", "head_subsets"]
+
+
+def finest_head(pred: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """The prediction to score: the last (finest) head of a deep-supervised output, or the tensor itself.
+
+    Used first in the bundles' training post-processing, so the training metric sees one map whether the
+    network returns one tensor or, like :class:`~xattnres_monai.networks.nets.EMCADNet` with
+    ``deep_supervision=True`` in training mode, a list of heads ordered coarse to fine.
+    """
+    return pred if isinstance(pred, torch.Tensor) else pred[-1]
 
 
 def head_subsets(num_heads: int) -> List[Tuple[int, ...]]:

@@ -51,8 +51,9 @@ def count_flops(network: nn.Module, input_shape: Tuple[int, ...]) -> int:
     was_training = network.training
     network.eval()
     counter = FlopCounterMode(display=False)
+    device = next(network.parameters()).device
     with torch.no_grad(), counter:
-        network(torch.zeros(input_shape))
+        network(torch.zeros(input_shape, device=device))
     network.train(was_training)
     return counter.get_total_flops()
 

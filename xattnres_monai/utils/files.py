@@ -15,9 +15,9 @@ import json
 import os
 import secrets
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
 
 __all__ = [
     "InputError",
@@ -25,7 +25,10 @@ __all__ = [
     "atomic_write",
     "check_writable",
     "cli_main",
+    "exit_on_user_error",
+    "find_user_error",
     "raise_if_any",
+    "report_and_exit",
     "write_csv_atomic",
     "write_json_atomic",
 ]
@@ -152,11 +155,23 @@ def atomic_write(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
     try:
         yield tmp
+        _fsync(tmp)
         _commit(tmp, path, overwrite)
+        _fsync(path.parent)
     except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk, best effort: the rename then survives a power cut as well."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -238,6 +253,36 @@ def write_csv_atomic(
     return Path(path)
 
 
+#: errors that are the user's data, files or environment, not bugs: reported as one line each, exit code 2.
+USER_ERRORS = (InputError, OSError)
+
+
+def find_user_error(err: BaseException) -> Optional[BaseException]:
+    """The :data:`USER_ERRORS` instance in ``err``'s chain of causes, or ``None``.
+
+    MONAI wraps errors raised while instantiating a config component or applying a transform in a ``RuntimeError``;
+    the original error is its ``__cause__`` (or ``__context__``).
+
+    Example::
+
+        >>> try:
+        ...     try:
+        ...         raise InputError("a.nii.gz", "zero-byte file")
+        ...     except InputError as e:
+        ...         raise RuntimeError("applying transform") from e
+        ... except RuntimeError as wrapped:
+        ...     str(find_user_error(wrapped))
+        'a.nii.gz: zero-byte file'
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _error_lines(err: BaseException) -> List[str]:
     """The message(s) of an expected error, one line each."""
     if isinstance(err, InputErrorGroup):
@@ -247,13 +292,46 @@ def _error_lines(err: BaseException) -> List[str]:
     return [_one_line(err)]
 
 
+def report_and_exit(err: BaseException, code: int = 2) -> NoReturn:
+    """Print ``err`` as ``error: <line>`` lines on stderr and raise ``SystemExit(code)`` (no stack trace)."""
+    sys.stdout.flush()
+    for line in _error_lines(err):
+        print(f"error: {line}", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(code) from None
+
+
+@contextmanager
+def exit_on_user_error(code: int = 2) -> Iterator[None]:
+    """Turn a user error raised in the block (:data:`USER_ERRORS`, also when wrapped) into ``error:`` lines + exit.
+
+    The one way the package's commands and bundle components end a run on bad input: the message of the error
+    (one line per file for an :class:`InputErrorGroup`) is printed to stderr with an ``error:`` prefix, without a
+    stack trace, and ``SystemExit(code)`` is raised. Any other exception propagates unchanged (it is a bug, and its
+    traceback is wanted).
+
+    Example::
+
+        >>> with exit_on_user_error():
+        ...     raise InputError("data/", "empty folder")  # prints "error: data/: empty folder", exits with code 2
+    """
+    try:
+        yield
+    except Exception as err:
+        found = find_user_error(err)
+        if found is None:
+            raise
+        report_and_exit(found, code)
+
+
 def cli_main(fn: F) -> F:
     """Decorator for command-line entry points: expected errors become ``error: <message>`` and exit code 2.
 
-    :class:`InputError` (each error of an :class:`InputErrorGroup` on its own line), :class:`FileExistsError` and
-    :class:`FileNotFoundError` are printed to stderr without a stack trace and the process exits with code 2 (the
-    code ``argparse`` uses for usage errors). Anything else propagates unchanged: it is a bug, and its traceback is
-    wanted. On success the wrapped function's return value is returned.
+    :class:`InputError` (each error of an :class:`InputErrorGroup` on its own line) and :class:`OSError` (a file
+    that exists already, is missing, cannot be written, a full disk ...) are printed to stderr without a stack
+    trace and the process exits with code 2 (the code ``argparse`` uses for usage errors), see
+    :func:`exit_on_user_error`. Anything else propagates unchanged: it is a bug, and its traceback is wanted. On
+    success the wrapped function's return value is returned.
 
     Args:
         fn: the entry point, typically ``main(argv: Optional[Sequence[str]] = None)``.
@@ -268,12 +346,25 @@ def cli_main(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with exit_on_user_error():
             return fn(*args, **kwargs)
-        except (InputError, FileExistsError, FileNotFoundError) as err:
-            for line in _error_lines(err):
-                print(f"error: {line}", file=sys.stderr)
-            sys.stderr.flush()
-            raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool, accepting the spellings a command line gives (``True``, ``"true"``, ``"0"`` ...).
+
+    ``python -m monai.bundle run --overwrite true`` passes the *string* ``"true"`` (only ``True`` / ``False``
+    are parsed as Python literals), and ``"false"`` is truthy: flags that guard user data go through this.
+
+    Raises:
+        ValueError: naming the flag, for anything that is not clearly true or false.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -1,0 +1,136 @@
+"""Collect and check the 2D images (PNG / JPEG / TIFF / BMP) given to bundle inference.
+
+Each image is checked on its own before any is processed -- readable and complete (truncated files
+are caught by decoding them), not absurdly large (from the header, before decoding), a pixel mode
+that converts to RGB, finite and not constant -- and the failures are recorded with the file name
+and reason while the good images still run. :class:`xattnres_monai.handlers.report.InferenceReport`
+prints them at the end and exits non-zero. Grayscale, palette, RGBA and 16-bit images are accepted
+and converted to RGB when loaded (:func:`xattnres_monai.transforms.to_rgb`, with a note in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from xattnres_monai.data.inputs import InferenceInputs
+from xattnres_monai.utils.files import InputError, as_bool
+
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "ImageInferenceInputs", "check_image"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: refuse images above this many pixels before decoding them (about 16k x 16k).
+MAX_PIXELS = 16384 * 16384
+
+logger = logging.getLogger(__name__)
+
+
+def check_image(path_like: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]:
+    """Raise :class:`InputError` naming the file if it cannot be segmented; return its ``(width, height)``."""
+    path = Path(path_like)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected an image file")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(path, f"unsupported file type {path.suffix!r}: expected one of {', '.join(IMAGE_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise InputError(path, "zero-byte file")
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            if size[0] * size[1] > max_pixels:  # from the header, before decoding
+                raise InputError(path, f"image of {size[0]} x {size[1]} pixels exceeds the {max_pixels:,}-pixel limit")
+            image.load()  # decodes: truncated or damaged data fails here
+            data = np.asarray(image)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise InputError(path, f"{int((~np.isfinite(data)).sum())} pixels are NaN or Inf")
+    if data.size == 0 or data.min() == data.max():
+        raise InputError(path, "constant image (every pixel has the same value)")
+    return size
+
+
+class ImageInferenceInputs(InferenceInputs):
+    """The images of one 2D inference run: a folder (``dataset_dir``) or a list (``datalist``).
+
+    A folder contributes every file with an image suffix (:data:`IMAGE_SUFFIXES`, any case), a datalist
+    is a JSON list of paths or ``{"image": path}`` items, or a MONAI datalist with a ``"test"`` section.
+    Each image gets ``<output_dir>/<name>_mask.png`` (0 / 255) and, with ``save_probabilities``,
+    ``<name>_prob.png`` (foreground probability x 255). Images whose outputs already exist are skipped
+    unless ``overwrite``; two inputs that would write the same output name are an error for the second.
+
+    Args:
+        output_dir: where the masks are written.
+        dataset_dir: folder of images (used when ``datalist`` is empty).
+        datalist: path of a JSON list of images.
+        overwrite: replace existing outputs.
+        save_probabilities: also write probability maps.
+
+    Attributes:
+        items: ``[{"image", "output", "prob_output"}]`` for the images to process.
+        failures: ``[(image, reason)]``; skipped: ``[(image, reason)]``.
+
+    Example::
+
+        inputs = ImageInferenceInputs("out", dataset_dir="new_images")
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        dataset_dir: Optional[str] = None,
+        datalist: Optional[str] = None,
+        overwrite: bool = False,
+        save_probabilities: bool = False,
+    ) -> None:
+        self.output_dir = output_dir
+        self.overwrite = overwrite = as_bool(overwrite, "overwrite")
+        save_probabilities = as_bool(save_probabilities, "save_probabilities")
+        self.failures: List[Tuple[str, str]] = []
+        self.skipped: List[Tuple[str, str]] = []
+        self.items: List[Dict[str, str]] = []
+        claimed: Dict[str, str] = {}
+        for image in self._list_images(dataset_dir, datalist):
+            stem = Path(image).stem
+            output = os.path.join(output_dir, f"{stem}_mask.png")
+            prob_output = os.path.join(output_dir, f"{stem}_prob.png") if save_probabilities else ""
+            if output in claimed:
+                self.failures.append((image, f"output name {output} is also that of {claimed[output]}"))
+                logger.error(f"{image}: output name {output} is also that of {claimed[output]}")
+                continue
+            claimed[output] = image
+            existing = [p for p in (output, prob_output) if p and os.path.exists(p)]
+            if existing and not overwrite:
+                self.skipped.append((image, f"output {existing[0]} exists (set overwrite to replace it)"))
+                continue
+            try:
+                check_image(image)
+            except InputError as err:
+                self.failures.append((image, err.problem))
+                logger.error(str(err))
+                continue
+            self.items.append({"image": image, "output": output, "prob_output": prob_output})
+        for image, reason in self.skipped:
+            logger.warning(f"{image}: skipped, {reason}")
+
+    def _list_images(self, dataset_dir: Optional[str], datalist: Optional[str]) -> List[str]:
+        if datalist:
+            return self._read_datalist(datalist)
+        if not dataset_dir:
+            raise InputError("dataset_dir", "no input given: set dataset_dir (a folder) or datalist (a JSON file)")
+        folder = Path(dataset_dir)
+        if not folder.is_dir():
+            raise InputError(folder, "input folder does not exist")
+        images = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise InputError(folder, f"input folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return images
