@@ -10,10 +10,9 @@ and converted to RGB when loaded (:func:`xattnres_monai.transforms.to_rgb`, with
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,8 +25,6 @@ __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "ImageInferenceInputs", "check_image"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: refuse images above this many pixels before decoding them (about 16k x 16k).
 MAX_PIXELS = 16384 * 16384
-
-logger = logging.getLogger(__name__)
 
 
 def check_image(path_like: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]:
@@ -60,13 +57,14 @@ def check_image(path_like: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]
 
 
 class ImageInferenceInputs(InferenceInputs):
-    """The images of one 2D inference run: a folder (``dataset_dir``) or a list (``datalist``).
+    """The images of one 2D inference run: a folder (``dataset_dir``) or a list (``datalist``), each checked.
 
-    A folder contributes every file with an image suffix (:data:`IMAGE_SUFFIXES`, any case), a datalist
-    is a JSON list of paths or ``{"image": path}`` items, or a MONAI datalist with a ``"test"`` section.
-    Each image gets ``<output_dir>/<name>_mask.png`` (0 / 255) and, with ``save_probabilities``,
-    ``<name>_prob.png`` (foreground probability x 255). Images whose outputs already exist are skipped
-    unless ``overwrite``; two inputs that would write the same output name are an error for the second.
+    A folder contributes every file with an image suffix (:data:`IMAGE_SUFFIXES`, any case); any other file is a
+    failure ("unsupported file type"); a datalist is a JSON list of paths or ``{"image": path}`` items, or a
+    MONAI datalist with a ``"test"`` section. Each image gets ``<output_dir>/<name>_mask.png`` (0 / 255) and,
+    with ``save_probabilities``, ``<name>_prob.png`` (foreground probability x 255). The rules of
+    :class:`~xattnres_monai.data.inputs.InferenceInputs` apply: existing outputs are skipped unless
+    ``overwrite``, bad images and output-name clashes (``a.png`` and ``a.jpg``) are failures, the others run.
 
     Args:
         output_dir: where the masks are written.
@@ -74,6 +72,7 @@ class ImageInferenceInputs(InferenceInputs):
         datalist: path of a JSON list of images.
         overwrite: replace existing outputs.
         save_probabilities: also write probability maps.
+        max_pixels: refuse larger images (from the header, before decoding them).
 
     Attributes:
         items: ``[{"image", "output", "prob_output"}]`` for the images to process.
@@ -84,6 +83,8 @@ class ImageInferenceInputs(InferenceInputs):
         inputs = ImageInferenceInputs("out", dataset_dir="new_images")
     """
 
+    supported = f"expected images ({', '.join(IMAGE_SUFFIXES)})"
+
     def __init__(
         self,
         output_dir: str,
@@ -91,46 +92,18 @@ class ImageInferenceInputs(InferenceInputs):
         datalist: Optional[str] = None,
         overwrite: bool = False,
         save_probabilities: bool = False,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
-        self.output_dir = output_dir
-        self.overwrite = overwrite = as_bool(overwrite, "overwrite")
-        save_probabilities = as_bool(save_probabilities, "save_probabilities")
-        self.failures: List[Tuple[str, str]] = []
-        self.skipped: List[Tuple[str, str]] = []
-        self.items: List[Dict[str, str]] = []
-        claimed: Dict[str, str] = {}
-        for image in self._list_images(dataset_dir, datalist):
-            stem = Path(image).stem
-            output = os.path.join(output_dir, f"{stem}_mask.png")
-            prob_output = os.path.join(output_dir, f"{stem}_prob.png") if save_probabilities else ""
-            if output in claimed:
-                self.failures.append((image, f"output name {output} is also that of {claimed[output]}"))
-                logger.error(f"{image}: output name {output} is also that of {claimed[output]}")
-                continue
-            claimed[output] = image
-            existing = [p for p in (output, prob_output) if p and os.path.exists(p)]
-            if existing and not overwrite:
-                self.skipped.append((image, f"output {existing[0]} exists (set overwrite to replace it)"))
-                continue
-            try:
-                check_image(image)
-            except InputError as err:
-                self.failures.append((image, err.problem))
-                logger.error(str(err))
-                continue
-            self.items.append({"image": image, "output": output, "prob_output": prob_output})
-        for image, reason in self.skipped:
-            logger.warning(f"{image}: skipped, {reason}")
+        self.save_probabilities = as_bool(save_probabilities, "save_probabilities")
+        self.max_pixels = max_pixels
+        self._collect(output_dir, dataset_dir, datalist, overwrite)
 
-    def _list_images(self, dataset_dir: Optional[str], datalist: Optional[str]) -> List[str]:
-        if datalist:
-            return self._read_datalist(datalist)
-        if not dataset_dir:
-            raise InputError("dataset_dir", "no input given: set dataset_dir (a folder) or datalist (a JSON file)")
-        folder = Path(dataset_dir)
-        if not folder.is_dir():
-            raise InputError(folder, "input folder does not exist")
-        images = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise InputError(folder, f"input folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return images
+    def accepts(self, entry: Path) -> bool:
+        return entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES
+
+    def check(self, scan: str) -> None:
+        check_image(scan, self.max_pixels)
+
+    def outputs_for(self, scan: str) -> Dict[str, str]:
+        stem = os.path.join(self.output_dir, Path(scan).stem)
+        return {"output": f"{stem}_mask.png", "prob_output": f"{stem}_prob.png" if self.save_probabilities else ""}

@@ -70,7 +70,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from xattnres_monai.utils.files import InputError, check_writable, cli_main, raise_if_any, write_json_atomic
+from xattnres_monai.utils.files import (
+    InputError,
+    check_writable,
+    cli_main,
+    exit_on_user_error,
+    raise_if_any,
+    write_json_atomic,
+)
 
 __all__ = [
     "DATASETS",
@@ -83,6 +90,7 @@ __all__ = [
     "Pair",
     "check_mask_values",
     "check_pair",
+    "checked_image_datalist",
     "detect_layout",
     "find_pairs",
     "format_report",
@@ -712,6 +720,60 @@ def prepare_images(
         ]
     write_json_atomic(output, datalist, overwrite=overwrite)
     return datalist
+
+
+def checked_image_datalist(datalist: PathLike, key: str, also_check: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Load one subset of a datalist for a bundle, after checking every pair of it (and of ``also_check``).
+
+    The checks of the preparation (:func:`check_pair`: readable, complete, binary mask, same size) run again on the
+    files the datalist names, so files that changed or vanished since the preparation are reported before
+    training or evaluation starts: bad input ends the run with one ``error: <file>: <problem>`` line per problem
+    (all subsets together) and exit code 2.
+
+    Args:
+        datalist: the datalist JSON (paths relative to its folder).
+        key: the subset to return (``training``, ``validation``, ``test``).
+        also_check: other subsets to check in the same pass (training checks ``validation`` too).
+
+    Example (``train.json``)::
+
+        "train_datalist": "$xattnres_monai.data.images.checked_image_datalist(@datalist, 'training', ['validation'])"
+    """
+    path = Path(datalist)
+    errors: List[InputError] = []
+    result: List[Dict[str, Any]] = []
+    with exit_on_user_error():
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "datalist file does not exist") from None
+        except (OSError, ValueError) as err:
+            raise InputError(path, f"cannot read datalist JSON ({err})") from None
+        for subset in [key, *[k for k in also_check if k != key]]:
+            entries = content.get(subset) if isinstance(content, dict) else None
+            if not isinstance(entries, list) or not entries:
+                errors.append(InputError(path, f"no '{subset}' items (expected a list of {{'image', 'label'}} items)"))
+                continue
+            items = []
+            for entry in entries:
+                if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
+                    entry.get("label"), str
+                ):
+                    errors.append(InputError(path, f"'{subset}' item {entry!r} needs 'image' and 'label' paths"))
+                    continue
+                item = dict(entry)
+                for k in ("image", "label"):
+                    item[k] = str(path.parent / item[k]) if not os.path.isabs(item[k]) else item[k]
+                missing = [k for k in ("image", "label") if not os.path.isfile(item[k])]
+                errors += [InputError(item[k], "no such file (listed in the datalist)") for k in missing]
+                if not missing:
+                    pair = Pair(str(item.get("case", Path(item["image"]).stem)), Path(item["image"]), Path(item["label"]))
+                    errors += check_pair(pair)
+                items.append(item)
+            if subset == key:
+                result = items
+        raise_if_any(errors)
+    return result
 
 
 def format_report(datalist: Dict[str, Any], output: PathLike) -> str:

@@ -29,7 +29,10 @@ Split: the standard TransUNet split (18 training cases, 12 test cases) when all 
 otherwise a seeded random 60/20/20 split of the cases found. The validation cases are drawn from the training
 cases with a seeded generator and removed from ``training``, so no checkpoint is ever selected on test data.
 
-Everything is checked before anything is written; all problems are reported, one line each.
+Everything is checked before anything is written; all problems are reported, one line each. The checks of a NIfTI
+pair (readable and complete, 3D, not larger than ``--max-voxels`` from the header, finite and non-constant image,
+integer labels in range, same shape and affine) are those of :mod:`xattnres_monai.data.inputs`, shared with the
+bundles' training, evaluation and inference.
 
 Example::
 
@@ -48,6 +51,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import nibabel as nib
 import numpy as np
 
+from xattnres_monai.data.inputs import AFFINE_ATOL  # noqa: F401 (re-exported: the tolerance of the pair checks)
+from xattnres_monai.data.inputs import MAX_VOXELS, check_pair, image_errors, label_errors
 from xattnres_monai.utils.files import (
     InputError,
     atomic_write,
@@ -97,7 +102,6 @@ TRAIN_CASES: Tuple[str, ...] = tuple(
 )
 TEST_CASES: Tuple[str, ...] = tuple(f"{i:04d}" for i in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
 HU_WINDOW: Tuple[float, float] = (-125.0, 275.0)
-AFFINE_ATOL = 1e-3
 DEFAULT_NUM_VAL = 3
 SUBSETS = ("training", "validation", "test")
 
@@ -212,53 +216,19 @@ def find_btcv_cases(input_dir: PathLike) -> Tuple[Dict[str, Tuple[Path, Path]], 
     return cases, errors, sorted(found)
 
 
-def _load_nifti(path: Path) -> Tuple[Optional[nib.Nifti1Image], Optional[np.ndarray], List[InputError]]:
-    """Read a NIfTI file completely (a truncated gzip stream only shows when all data is read)."""
-    if path.stat().st_size == 0:
-        return None, None, [InputError(path, "zero-byte file")]
-    try:
-        image = nib.load(str(path))
-    except Exception as err:  # nibabel raises many types for damaged headers
-        return None, None, [InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})")]
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as err:
-        return None, None, [InputError(path, f"corrupt or truncated NIfTI data ({type(err).__name__}: {err})")]
-    if data.ndim != 3:
-        return image, data, [InputError(path, f"expected a 3D volume, got shape {tuple(data.shape)}")]
-    return image, data, []
+def check_btcv_case(
+    image_path: PathLike, label_path: PathLike, max_voxels: Optional[int] = MAX_VOXELS
+) -> Tuple[int, List[InputError]]:
+    """Check one BTCV image/label pair with :func:`xattnres_monai.data.inputs.check_pair`.
 
-
-def _label_value_errors(path: Path, label: np.ndarray, max_value: int, note: str = "") -> List[InputError]:
-    """Errors for non-integer label values or values outside ``0..max_value``."""
-    if np.issubdtype(label.dtype, np.floating):
-        bad = label != np.round(label)  # also catches NaN
-        if bad.any():
-            values = np.unique(label[bad])[:5].tolist()
-            return [InputError(path, f"non-integer label values {values}")]
-    if label.size and (label.min() < 0 or label.max() > max_value):
-        values = np.unique(label[(label < 0) | (label > max_value)])
-        shown = [int(v) for v in values[:10]]
-        return [InputError(path, f"unknown label values {shown} (expected 0-{max_value}){note}")]
-    return []
-
-
-def _image_value_errors(path: Path, image: np.ndarray) -> List[InputError]:
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        count = int(image.size - np.isfinite(image).sum())
-        return [InputError(path, f"{count} NaN/Inf voxel(s) in the image")]
-    return []
-
-
-def check_btcv_case(image_path: PathLike, label_path: PathLike) -> Tuple[int, List[InputError]]:
-    """Check one BTCV image/label pair.
-
-    Both files must be readable, complete 3D NIfTI volumes of the same shape and affine (``atol=1e-3``); the image
-    must be finite and the label must hold integers in 0-13.
+    Both files must be readable, complete 3D NIfTI volumes of the same shape and affine (``atol=1e-3``), not
+    larger than ``max_voxels`` (checked from the header before loading); the image must be finite and not constant
+    and the label must hold integers in 0-13.
 
     Args:
         image_path: ``img00XX.nii.gz``.
         label_path: ``label00XX.nii.gz``.
+        max_voxels: size limit of each volume (``None``: no limit).
 
     Returns:
         ``(num_axial_slices, errors)`` (the number of slices is 0 when the pair is unusable).
@@ -268,19 +238,7 @@ def check_btcv_case(image_path: PathLike, label_path: PathLike) -> Tuple[int, Li
         >>> check_btcv_case("img/img0001.nii.gz", "label/label0001.nii.gz")
         (147, [])
     """
-    image_path, label_path = Path(image_path), Path(label_path)
-    image, image_data, errors = _load_nifti(image_path)
-    label, label_data, label_errors = _load_nifti(label_path)
-    errors += label_errors
-    if errors:
-        return 0, errors
-    errors += _image_value_errors(image_path, image_data)
-    errors += _label_value_errors(label_path, label_data, max_value=13)
-    if image_data.shape != label_data.shape:
-        errors.append(InputError(label_path, f"shape {label_data.shape} differs from the image's {image_data.shape}"))
-    elif not np.allclose(image.affine, label.affine, atol=AFFINE_ATOL, rtol=0):
-        errors.append(InputError(label_path, "affine differs from the image's (beyond 1e-3)"))
-    return (0 if errors else int(image_data.shape[2])), errors
+    return check_pair(image_path, label_path, max_label=max(BTCV_TO_SYNAPSE), max_voxels=max_voxels)
 
 
 def remap_btcv_label(label: np.ndarray) -> np.ndarray:
@@ -372,7 +330,7 @@ def _read_npz_slice(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def _read_h5_volume(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def _read_h5_volume(path: Path, max_voxels: Optional[int] = MAX_VOXELS) -> Tuple[np.ndarray, np.ndarray]:
     try:
         import h5py  # optional: only TransUNet's test volumes need it
     except ImportError:
@@ -384,6 +342,7 @@ def _read_h5_volume(path: Path) -> Tuple[np.ndarray, np.ndarray]:
             missing = [k for k in ("image", "label") if k not in f]
             if missing:
                 raise InputError(path, f"missing dataset(s) {missing} (expected 'image' and 'label')")
+            _check_size(path, f["image"].shape, max_voxels)  # from the HDF5 header, before reading
             image, label = f["image"][()], f["label"][()]
     except InputError:
         raise
@@ -397,13 +356,26 @@ def _read_h5_volume(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
+def _check_size(path: Path, shape: Sequence[int], max_voxels: Optional[int]) -> None:
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if max_voxels is not None and voxels > max_voxels:
+        raise InputError(
+            path, f"volume of shape {tuple(shape)} ({voxels:,} voxels) exceeds the {int(max_voxels):,}-voxel limit"
+        )
+
+
 def _check_transunet_values(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    """Raise the first problem with the values of a TransUNet file: NaN/Inf image, label outside 0-8."""
+    """Raise the first problem with the values of a TransUNet file: NaN/Inf image, label outside 0-8.
+
+    (A single slice may be constant, e.g. all air after the HU window: constant *volumes* are refused by
+    :func:`load_transunet_case`.)
+    """
     note = "; TransUNet's data is already 9-class and is never remapped"
-    raise_if_any((_image_value_errors(path, image) + _label_value_errors(path, label, max_value=8, note=note))[:1])
+    errors = image_errors(path, image, allow_constant=True) + label_errors(path, label, max_label=8, note=note)
+    raise_if_any(errors[:1])
 
 
-def _stack_slices(case: TransUNetCase) -> Tuple[np.ndarray, np.ndarray]:
+def _stack_slices(case: TransUNetCase, max_voxels: Optional[int] = MAX_VOXELS) -> Tuple[np.ndarray, np.ndarray]:
     indices = sorted(case.slices)
     if indices != list(range(len(indices))):
         gaps = sorted(set(range(indices[-1] + 1)) - set(indices))[:5]
@@ -411,6 +383,8 @@ def _stack_slices(case: TransUNetCase) -> Tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for index in indices:
         image, label = _read_npz_slice(case.slices[index])
+        if not images:  # before reading the other slices
+            _check_size(case.source, (len(indices), *image.shape), max_voxels)
         if images and image.shape != images[0].shape:
             raise InputError(case.slices[index], f"slice shape {image.shape} differs from slice 0's {images[0].shape}")
         images.append(image)
@@ -418,14 +392,15 @@ def _stack_slices(case: TransUNetCase) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(labels)
 
 
-def load_transunet_case(case: TransUNetCase) -> Tuple[np.ndarray, np.ndarray]:
+def load_transunet_case(case: TransUNetCase, max_voxels: Optional[int] = MAX_VOXELS) -> Tuple[np.ndarray, np.ndarray]:
     """Load one TransUNet case as checked ``(Z, H, W)`` volumes: float32 image, uint8 label (0-8, not remapped).
 
     Args:
         case: the case's npz slices or h5 volume, from :func:`find_transunet_cases`.
+        max_voxels: refuse larger volumes (from the HDF5 header or the first slice, before reading the rest).
 
     Raises:
-        InputError: unreadable or inconsistent file, NaN/Inf image, label values outside 0-8.
+        InputError: unreadable or inconsistent file, too large, NaN/Inf or constant image, labels outside 0-8.
 
     Example::
 
@@ -433,7 +408,11 @@ def load_transunet_case(case: TransUNetCase) -> Tuple[np.ndarray, np.ndarray]:
         >>> image.shape, label.max()
         ((147, 512, 512), 8)
     """
-    image, label = _read_h5_volume(case.volume) if case.volume is not None else _stack_slices(case)
+    if case.volume is not None:
+        image, label = _read_h5_volume(case.volume, max_voxels)
+    else:
+        image, label = _stack_slices(case, max_voxels)
+    raise_if_any(image_errors(case.source, image))  # NaN/Inf was checked per file; a constant volume is refused here
     return image.astype(np.float32), label.astype(np.uint8)
 
 
@@ -446,8 +425,10 @@ def _transunet_to_nifti(volume: np.ndarray) -> nib.Nifti1Image:
     return image
 
 
-def _write_transunet_case(case: TransUNetCase, image_out: Path, label_out: Path, overwrite: bool) -> None:
-    image, label = load_transunet_case(case)
+def _write_transunet_case(
+    case: TransUNetCase, image_out: Path, label_out: Path, overwrite: bool, max_voxels: Optional[int] = MAX_VOXELS
+) -> None:
+    image, label = load_transunet_case(case, max_voxels)
     for volume, output in ((image, image_out), (label, label_out)):
         with atomic_write(output, overwrite=overwrite) as tmp:
             nib.save(_transunet_to_nifti(volume), str(tmp))
@@ -544,6 +525,7 @@ def prepare_synapse(
     val_fraction: Optional[float] = None,
     seed: int = 0,
     overwrite: bool = False,
+    max_voxels: Optional[int] = MAX_VOXELS,
 ) -> Dict[str, Any]:
     """Check the Synapse data in ``input_dir``, write the 9-class label volumes and the datalist ``output``.
 
@@ -558,6 +540,7 @@ def prepare_synapse(
         val_fraction: alternatively, the fraction of training cases used for validation.
         seed: seed of the split.
         overwrite: replace existing outputs.
+        max_voxels: refuse volumes with more voxels, from the header before loading (``None``: no limit).
 
     Returns:
         The datalist written.
@@ -606,11 +589,11 @@ def prepare_synapse(
     slices: Dict[str, int] = {}
     for case, source in sources.items():
         if fmt == "btcv":
-            slices[case], case_errors = check_btcv_case(*source)
+            slices[case], case_errors = check_btcv_case(*source, max_voxels=max_voxels)
             errors += case_errors
         else:
             try:
-                slices[case] = int(load_transunet_case(source)[0].shape[0])
+                slices[case] = int(load_transunet_case(source, max_voxels)[0].shape[0])
             except InputError as err:
                 errors += getattr(err, "errors", [err])
     raise_if_any(errors)
@@ -619,7 +602,7 @@ def prepare_synapse(
         if fmt == "btcv":
             _write_remapped_label(source[1], targets[case][1], overwrite)
         else:
-            _write_transunet_case(source, *targets[case], overwrite)
+            _write_transunet_case(source, *targets[case], overwrite, max_voxels)
     datalist: Dict[str, Any] = {
         "name": "Synapse multi-organ CT",
         "description": "Paths are relative to this file's folder (load_decathlon_datalist base_dir).",
@@ -677,6 +660,12 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--val-fraction", type=float, default=None, help="fraction of training cases for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation (and random) split")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=MAX_VOXELS,
+        help=f"refuse volumes with more voxels, checked from the header before loading (default {MAX_VOXELS})",
+    )
     return parser
 
 
@@ -693,6 +682,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         val_fraction=args.val_fraction,
         seed=args.seed,
         overwrite=args.overwrite,
+        max_voxels=args.max_voxels,
     )
     print(format_report(datalist, args.output))
     return datalist

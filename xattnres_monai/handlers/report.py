@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Dict, List
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 
-from xattnres_monai.data.inputs import InferenceInputs
+from xattnres_monai.data.inputs import InferenceInputs, read_volume
+from xattnres_monai.handlers.resume import exit_on_user_errors
 from xattnres_monai.metrics import CONVENTIONS, evaluate_case, write_reports
-from xattnres_monai.utils.files import check_writable
+from xattnres_monai.utils.files import InputError, as_bool, check_writable
 
 __all__ = ["InferenceReport", "SegmentationReport"]
 
@@ -25,8 +26,10 @@ class InferenceReport:
     """At the end of an inference run, list the written masks and the scans that failed, with reasons.
 
     Called from the bundle's ``run`` list after the evaluator (which does not run when no scan
-    passed the checks). Exits with code 2 (``SystemExit``, no stack trace) when any scan failed,
-    after every good scan was processed.
+    passed the checks). A failure is a scan refused by the input checks, or a mask that could not be
+    written (recorded by :class:`~xattnres_monai.transforms.SaveSegmentationd`, or missing at the end).
+    Each is printed to stderr as ``error: <file>: <problem>``, and the run exits with code 2
+    (``SystemExit``, no stack trace) after every good scan was processed.
 
     Args:
         inputs: the collected inputs of the run.
@@ -38,13 +41,24 @@ class InferenceReport:
         self.exit_on_failure = exit_on_failure
 
     def __call__(self) -> None:
-        written = [item["output"] for item in self.inputs.items]
+        failures = self.inputs.failures
+        failed = {path for path, _ in failures}
+        written = []
+        for item in self.inputs.items:
+            if item["output"] in failed:
+                continue
+            if os.path.isfile(item["output"]):
+                written.append(item["output"])
+            else:
+                failures.append((item["image"], f"no mask was written to {item['output']}"))
         lines = [f"inference: {len(written)} mask(s) written to {self.inputs.output_dir}"]
         lines += [f"  skipped {scan}: {reason}" for scan, reason in self.inputs.skipped]
-        lines += [f"  FAILED {scan}: {reason}" for scan, reason in self.inputs.failures]
+        lines += [f"  FAILED {scan}: {reason}" for scan, reason in failures]
         print("\n".join(lines), flush=True)
-        if self.inputs.failures and self.exit_on_failure:
-            print(f"error: {len(self.inputs.failures)} scan(s) failed; see above", file=sys.stderr, flush=True)
+        if failures and self.exit_on_failure:
+            for scan, reason in failures:
+                print(f"error: {scan}: {reason}", file=sys.stderr)
+            print(f"error: {len(failures)} scan(s) failed; the others were processed", file=sys.stderr, flush=True)
             raise SystemExit(2)
 
 
@@ -78,16 +92,20 @@ class SegmentationReport:
         self.num_classes = num_classes
         self.pred_key = pred_key
         self.label_key = label_key
-        self.overwrite = overwrite
+        self.overwrite = as_bool(overwrite, "overwrite")
         self.rows: List[Dict] = []
 
     def attach(self, engine: Engine) -> None:
-        check_writable(  # fail before the run, not after it
-            [f"{self.output_dir}/{name}" for name in ("summary.csv", "summary.md")], overwrite=self.overwrite
-        )
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        exit_on_user_errors(engine)
+        engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def start(self, engine: Engine) -> None:
+        """Fail before the run, not after it, if a report exists (``error:`` line, exit code 2)."""
+        names = [f"per_case_{c}.csv" for c in CONVENTIONS] + ["summary.csv", "summary.md"]
+        check_writable([os.path.join(self.output_dir, name) for name in names], overwrite=self.overwrite)
+        self.rows.clear()
 
     def collect(self, engine: Engine) -> None:
         # the label file is taken from the input batch: after ``Invertd`` the label's metadata is the image's
@@ -96,16 +114,14 @@ class SegmentationReport:
             label_file = source[self.label_key].meta["filename_or_obj"]
             pred = item[self.pred_key]
             pred = pred.argmax(0) if pred.shape[0] > 1 else pred[0]
-            label_image = nib.load(label_file)
-            label = np.asanyarray(label_image.dataobj).astype(np.int64)
+            volume = read_volume(label_file, max_voxels=None)
+            label = volume.data.astype(np.int64)
             if label.min() < 0 or label.max() >= self.num_classes:
-                raise ValueError(
-                    f"{label_file}: label values {int(label.min())}..{int(label.max())} outside the class map "
-                    f"0..{self.num_classes - 1}"
-                )
+                values = f"label values {int(label.min())}..{int(label.max())}"
+                raise InputError(label_file, f"{values} outside the class map 0..{self.num_classes - 1}")
             if tuple(pred.shape) != label.shape:
-                raise ValueError(f"{label_file}: prediction shape {tuple(pred.shape)} != label shape {label.shape}")
-            spacing = affine_to_spacing(torch.as_tensor(label_image.affine), r=3).tolist()
+                raise InputError(label_file, f"prediction shape {tuple(pred.shape)} != label shape {label.shape}")
+            spacing = affine_to_spacing(torch.as_tensor(volume.affine), r=3).tolist()
             case = str(item.get("case", label_file))
             pred_np = torch.as_tensor(pred).cpu().numpy().astype(np.int64)
             for convention in CONVENTIONS:

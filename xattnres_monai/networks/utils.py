@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, List, Mapping
 
 import torch
 from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
 
-__all__ = ["capture_attention", "check_input", "count_parameters"]
+__all__ = ["capture_attention", "check_input", "count_parameters", "state_dict_mismatch"]
 
 
 @contextmanager
@@ -81,3 +81,47 @@ def check_input(x: torch.Tensor, network: str, spatial_dims: int, in_channels: i
             + str(list(x.shape))
             + ")."
         )
+
+
+def _shown(keys: List[str], limit: int) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def state_dict_mismatch(network: nn.Module, state_dict: Mapping[str, Any], limit: int = 5) -> str:
+    """Why ``state_dict`` cannot be loaded strictly into ``network``, naming the first mismatched keys (``""``: it can).
+
+    Compares key sets (missing / unexpected) and tensor shapes, without modifying ``network``. A
+    ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through (checkpoints hold the bare module).
+
+    Args:
+        network: the network the weights are meant for.
+        state_dict: the weights read from a checkpoint.
+        limit: how many keys to name per kind of mismatch.
+
+    Example::
+
+        >>> baseline = XAttnResUNet(2, 1, 9, xattnres="none").state_dict()
+        >>> state_dict_mismatch(XAttnResUNet(2, 1, 9), baseline, limit=2)
+        'missing keys: encoder.1.routing.query, encoder.1.routing.gain (+38 more)'
+    """
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        network = network.module
+    if not isinstance(state_dict, Mapping):
+        return f"expected a state dict (mapping of names to tensors), got {type(state_dict).__name__}"
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} (checkpoint {list(state_dict[k].shape)}, network {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != v.shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_shown(missing, limit)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_shown(unexpected, limit)}")
+    if shapes:
+        parts.append(f"shape mismatch: {_shown(shapes, limit)}")
+    return "; ".join(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, Hashable, Mapping, Optional
+from typing import Dict, Hashable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -83,6 +83,9 @@ class SavePNGMaskd(MapTransform):
         prob_key: key of the foreground probability map to save as well (``None``: not saved).
         prob_output_key: item key holding the probability map's destination path.
         overwrite: replace existing files.
+        failures: list collecting write failures as ``(output path, reason)`` instead of raising them (the
+            bundle passes the inputs' failure list, reported at the end by
+            :class:`~xattnres_monai.handlers.report.InferenceReport`); a failed write never leaves a partial file.
     """
 
     def __init__(
@@ -92,22 +95,30 @@ class SavePNGMaskd(MapTransform):
         prob_key: Optional[str] = None,
         prob_output_key: str = "prob_output",
         overwrite: bool = False,
+        failures: Optional[List[Tuple[str, str]]] = None,
     ) -> None:
         super().__init__(keys)
+        self.failures = failures
         self.output_key = output_key
         self.prob_key = prob_key
         self.prob_output_key = prob_output_key
         self.overwrite = as_bool(overwrite, "overwrite")
 
-    @staticmethod
-    def _write(array: np.ndarray, path: str, overwrite: bool) -> None:
-        with atomic_write(path, overwrite=overwrite) as tmp:
-            Image.fromarray(array, mode="L").save(tmp, format="PNG")
+    def _write(self, array: np.ndarray, path: str) -> None:
+        try:
+            with atomic_write(path, overwrite=self.overwrite) as tmp:
+                Image.fromarray(array, mode="L").save(tmp, format="PNG")
+        except OSError as err:
+            if self.failures is None:
+                raise
+            reason = f"cannot write the mask ({type(err).__name__}: {err.strerror or err})"
+            self.failures.append((str(path), reason))
+            logger.error(f"{path}: {reason}")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            self._write(_to_uint8_hw(d[key] > 0.5, 255.0), d[self.output_key], self.overwrite)
+            self._write(_to_uint8_hw(d[key] > 0.5, 255.0), str(d[self.output_key]))
         if self.prob_key is not None and d.get(self.prob_output_key):
-            self._write(_to_uint8_hw(d[self.prob_key], 255.0), d[self.prob_output_key], self.overwrite)
+            self._write(_to_uint8_hw(d[self.prob_key], 255.0), str(d[self.prob_output_key]))
         return d

@@ -133,7 +133,9 @@ def atomic_write(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     its name *ends with the full destination name*, e.g. ``.tmp-1a2b3c4d-label0001.nii.gz``, so writers that pick
     the format from the suffix (``.nii.gz``, ``.csv``, ``.json``) choose the right one. The file is moved into place
     with :func:`os.replace` when the block exits without an exception; on any exception the temporary file is
-    removed and the destination is untouched. Missing parent folders are created.
+    removed and the destination is untouched (an :class:`OSError` of the writer, e.g. a full disk, is raised again
+    naming the destination). Missing parent folders are created. Only a process killed while writing (``SIGKILL``,
+    power cut) can leave the hidden temporary file behind; the destination is never partial.
 
     Args:
         path: the destination file.
@@ -158,9 +160,13 @@ def atomic_write(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         _fsync(tmp)
         _commit(tmp, path, overwrite)
         _fsync(path.parent)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        with suppress(OSError):
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            # name the destination, not the temporary file (or nothing): "out/x.nii.gz: No space left on device"
+            raise OSError(err.errno, err.strerror or _one_line(err), str(path)) from err
         raise
 
 
@@ -294,6 +300,10 @@ def _error_lines(err: BaseException) -> List[str]:
 
 def report_and_exit(err: BaseException, code: int = 2) -> NoReturn:
     """Print ``err`` as ``error: <line>`` lines on stderr and raise ``SystemExit(code)`` (no stack trace)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        with suppress(Exception):
+            bar.close()  # a progress bar (Ignite's ProgressBar) would leave the cursor in the middle of a line
     sys.stdout.flush()
     for line in _error_lines(err):
         print(f"error: {line}", file=sys.stderr)
