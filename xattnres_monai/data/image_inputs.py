@@ -43,15 +43,23 @@ def check_image(path_like: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]
             size = image.size
             if size[0] * size[1] > max_pixels:  # from the header, before decoding
                 raise InputError(path, f"image of {size[0]} x {size[1]} pixels exceeds the {max_pixels:,}-pixel limit")
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > 1:
+                raise InputError(path, f"{frames}-frame image (a stack or animation): expected one 2D image")
             image.load()  # decodes: truncated or damaged data fails here
             data = np.asarray(image)
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+    except UnidentifiedImageError:
+        raise InputError(path, "not a readable image (PIL cannot identify the file as an image)") from None
+    except Image.DecompressionBombError as err:
+        raise InputError(path, f"image too large to read safely ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(path, f"truncated or corrupt image ({type(err).__name__}: {err})") from None
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError(path, f"{int((~np.isfinite(data)).sum())} pixels are NaN or Inf")
-    if data.size == 0 or data.min() == data.max():
+    pixels = data.reshape(-1, data.shape[-1]) if data.ndim == 3 else data.reshape(-1, 1)
+    if pixels.shape[0] == 0 or (pixels == pixels[0]).all():
         raise InputError(path, "constant image (every pixel has the same value)")
     return size
 

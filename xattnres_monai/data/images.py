@@ -451,20 +451,33 @@ def check_mask_values(values: np.ndarray, full_scale: float) -> Optional[str]:
 
 
 def _open(path: Path, kind: str, is_mask: bool) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
-    """Read an image completely; return its (W, H) size (from the header) and the problem found, if any."""
+    """Read an image completely; return its (W, H) size (from the header) and the problem found, if any.
+
+    Images get the checks of bundle inference (:func:`xattnres_monai.data.image_inputs.check_image`: readable and
+    complete, one frame, size limit from the header, finite, not constant); masks are read the same way and must
+    be binary after thresholding (:func:`check_mask_values`; an empty mask is fine).
+    """
+    from xattnres_monai.data.image_inputs import check_image  # lazy: this module is also a command-line program
+
     try:
         if path.stat().st_size == 0:
             return None, f"zero-byte {kind} file"
     except OSError as err:
         return None, f"cannot read {kind} file ({err.strerror or err})"
+    if not is_mask:
+        try:
+            return check_image(str(path)), None
+        except InputError as err:
+            return None, err.problem
     size: Optional[Tuple[int, int]] = None
     try:
         with Image.open(path) as image:
             size = image.size
-            if not is_mask and image.format == "JPEG":
-                image.draft(image.mode, (max(1, size[0] // 4), max(1, size[1] // 4)))  # still decodes every byte
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > 1:
+                return None, f"{frames}-frame {kind} (a stack or animation): expected one 2D mask"
             image.load()
-            problem = check_mask_values(*mask_values(image)) if is_mask else None
+            problem = check_mask_values(*mask_values(image))
     except Image.DecompressionBombError as err:
         return None, f"{kind} too large to read safely ({err})"
     except Image.UnidentifiedImageError:
