@@ -35,3 +35,31 @@ summary: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
+
+# MONAI Label server (annotation assist) in its own environment: `make label-server LABEL_STUDIES=/path/to/studies`
+# (README "MONAI Label"). The environment is rebuilt when the hash of requirements-label.txt changes.
+LABEL_VENV ?= .venv-label
+LABEL_PY := $(LABEL_VENV)/bin/python
+LABEL_STUDIES ?= label_studies
+LABEL_APP ?= label_app
+LABEL_PORT ?= 8000
+LABEL_ARGS ?=
+LABEL_HASH = $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('requirements-label.txt', 'rb').read()).hexdigest())")
+
+.PHONY: label-env label-server
+
+label-env:
+	@if [ "$$(cat $(LABEL_VENV)/.installed 2>/dev/null)" = "$(LABEL_HASH)" ]; then \
+		echo "$(LABEL_VENV) is up to date"; \
+	else \
+		set -e; \
+		$(PYTHON) -m venv --clear $(LABEL_VENV); \
+		$(LABEL_PY) -m pip install --quiet --no-deps -r requirements-label.txt; \
+		$(LABEL_PY) -m pip install --quiet --no-deps --no-build-isolation -e .; \
+		$(LABEL_PY) -m xattnres_monai.tools.label_server check-env; \
+		echo "$(LABEL_HASH)" > $(LABEL_VENV)/.installed; \
+	fi
+
+label-server: label-env
+	$(LABEL_PY) -m xattnres_monai.tools.label_server start --studies $(LABEL_STUDIES) --app $(LABEL_APP) \
+		--port $(LABEL_PORT) $(LABEL_ARGS)
