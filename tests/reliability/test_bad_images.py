@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from xattnres_monai.data.image_phantoms import write_image_release
+from tests.reliability.helpers import run_inprocess
 from xattnres_monai.data.images import prepare_images
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "colondb_polyp_segmentation"
@@ -141,14 +142,11 @@ def _files(folder: Path) -> List[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def _run(fn: Callable[[], object], capsys) -> Tuple[int, str]:
-    try:
-        fn()
-        code = 0
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+def _run(fn: Callable[[], object], capsys=None) -> Tuple[int, str]:
+    # redirected to buffers that stay open: the bundle's logging.conf binds its handler to the current stdout,
+    # and pytest's capsys stream is closed after the test (later tests would log to a closed file)
+    outcome = run_inprocess(fn)
+    return outcome.code, outcome.stdout + outcome.stderr
 
 
 def _workflow(configs: List[str], bundle_root: Path, workflow_type: str, **overrides) -> None:
