@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
 
-__all__ = ["capture_attention", "check_input", "count_parameters", "state_dict_mismatch"]
+__all__ = ["capture_attention", "check_input", "count_parameters", "state_dict_differences", "state_dict_mismatch"]
 
 
 @contextmanager
@@ -88,6 +88,26 @@ def _shown(keys: List[str], limit: int) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def state_dict_differences(
+    expected: Mapping[str, Any], given: Mapping[str, Any], names: Tuple[str, str] = ("given", "expected")
+) -> Tuple[List[str], List[str], List[str]]:
+    """The missing keys, the unexpected keys and the shape mismatches (described) of ``given`` against ``expected``.
+
+    Args:
+        expected: the state dict of the module to load into.
+        given: the weights read from a file.
+        names: how the shape descriptions call ``given`` and ``expected``, e.g. ``("file", "encoder")``.
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} ({names[0]} {list(given[k].shape)}, {names[1]} {list(v.shape)})"
+        for k, v in expected.items()
+        if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != v.shape
+    ]
+    return missing, unexpected, shapes
+
+
 def state_dict_mismatch(network: nn.Module, state_dict: Mapping[str, Any], limit: int = 5) -> str:
     """Why ``state_dict`` cannot be loaded strictly into ``network``, naming the first mismatched keys (``""``: it can).
 
@@ -109,14 +129,7 @@ def state_dict_mismatch(network: nn.Module, state_dict: Mapping[str, Any], limit
         network = network.module
     if not isinstance(state_dict, Mapping):
         return f"expected a state dict (mapping of names to tensors), got {type(state_dict).__name__}"
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k} (checkpoint {list(state_dict[k].shape)}, network {list(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != v.shape
-    ]
+    missing, unexpected, shapes = state_dict_differences(network.state_dict(), state_dict, ("checkpoint", "network"))
     parts = []
     if missing:
         parts.append(f"missing keys: {_shown(missing, limit)}")

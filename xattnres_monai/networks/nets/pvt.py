@@ -34,7 +34,7 @@ from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
-from xattnres_monai.networks.utils import check_input
+from xattnres_monai.networks.utils import check_input, state_dict_differences
 
 __all__ = ["PVTv2", "PVTv2Encoder", "PVT_V2_CONFIGS", "load_pvt_pretrained"]
 
@@ -460,13 +460,7 @@ def load_pvt_pretrained(encoder: nn.Module, path: Union[str, "os.PathLike[str]"]
             continue
         weights[name] = value
     expected = encoder.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    wrong_shape = [
-        f"{k} (file {list(weights[k].shape)}, encoder {list(v.shape)})"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
+    missing, unexpected, wrong_shape = state_dict_differences(expected, weights, ("file", "encoder"))
     matched = len(expected) - len(missing) - len(wrong_shape)
     problems = []
     if matched == 0:
