@@ -2,7 +2,7 @@
 
 For every U-Net routing configuration relative to the plain U-Net (1 x 224 x 224 input, batch 6):
 parameters, FLOPs (``torch.utils.flop_counter``, forward + backward), forward+backward wall time
-(median of repeated runs) and peak memory of the training step; then the optimised XAttnRes block
+(median of repeated runs, timed round-robin) and peak memory of the training step; then the optimised XAttnRes block
 against the literal stacked implementation of the paper's equations (``tests/xattnres_reference.py``).
 The configurations include Dual Cross-Attention on the skips (``dca``; ``dca_both`` with XAttnRes
 too) for comparison: its spatial attention over 28 x 28 tokens on four scales costs counted FLOPs.
@@ -73,9 +73,19 @@ def _measure_memory(target: str, batch: int, size: int) -> None:
     step = make_steps(batch, size)[target]
     gc.collect()
     before = _rss_bytes()
+    # building every configuration's network peaks above the step's own need: reset the kernel's peak-RSS mark
+    # (VmHWM; writing 5 to clear_refs, Linux >= 4.0) so that only the two steps below count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     step()
     step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    print(_peak_rss_bytes() - before)
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def _rss_bytes() -> int:
@@ -142,9 +152,22 @@ def make_steps(batch: int, size: int) -> Dict[str, Callable[[], None]]:
 
 
 def measure(batch: int, size: int, repeats: int) -> Dict[str, Dict[str, float]]:
+    """Median step time of every configuration, timed round-robin (one step of each per round) so that
+    load from other processes hits all configurations alike; also the per-round time ratios."""
+    steps = make_steps(batch, size)
+    for step in steps.values():
+        for _ in range(2):  # warm-up
+            step()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
     results = {}
-    for name, step in make_steps(batch, size).items():
-        row = {"time": median_time(step, repeats), "memory": peak_memory_bytes(name, batch, size)}
+    for name, step in steps.items():
+        row = {"time": statistics.median(times[name]), "memory": peak_memory_bytes(name, batch, size)}
+        row["ratios"] = [t / b for t, b in zip(times[name], times["baseline"])]
         if not name.startswith("block:"):
             net = step.__defaults__[0]
             row["params"] = count_parameters(net)
@@ -189,6 +212,10 @@ def main() -> None:
     both = results["both"]
     flops_over = 100 * (both["flops"] / base["flops"] - 1)
     time_over = 100 * (both["time"] / base["time"] - 1)
+    print(
+        f"'both' / baseline time ratio per round (noise): median {statistics.median(both['ratios']):.3f}, "
+        f"min {min(both['ratios']):.3f}, max {max(both['ratios']):.3f}"
+    )
 
     naive, fast = results["block:stacked"], results["block:optimised"]
     print(f"\nXAttnRes block, finest decoder stage (8 history entries -> 16 x {args.size}^2), forward + backward")
