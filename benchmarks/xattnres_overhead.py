@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.xattnres_reference import stacked_xattnres  # noqa: E402
 from xattnres_monai.networks.blocks import XAttnRes  # noqa: E402
+from xattnres_monai.networks.blocks.xattnres_cpu import fused_cpu_available, set_fused_cpu  # noqa: E402
 from xattnres_monai.networks.nets import XAttnResUNet  # noqa: E402
 from xattnres_monai.networks.summary import UNET_CONFIGURATIONS  # noqa: E402
 from xattnres_monai.networks.utils import count_parameters  # noqa: E402
@@ -137,10 +138,29 @@ def make_steps(batch: int, size: int) -> Dict[str, Callable[[], None]]:
             net(x).square().mean().backward()
 
         steps[name] = step
+    both = steps["both"]
+
+    def both_pytorch() -> None:
+        previous = set_fused_cpu(False)
+        try:
+            both()
+        finally:
+            set_fused_cpu(previous)
+
+    steps["both:pytorch"] = both_pytorch
     block, bx, history = block_case(batch, size)
+
+    def block_pytorch() -> torch.Tensor:
+        previous = set_fused_cpu(False)
+        try:
+            return block(bx, history)
+        finally:
+            set_fused_cpu(previous)
+
     for name, fn in (
         ("block:stacked", lambda: stacked_xattnres(block, bx, history)),
         ("block:optimised", lambda: block(bx, history)),
+        ("block:pytorch", block_pytorch),
     ):
 
         def block_step(fn=fn) -> None:
@@ -168,7 +188,7 @@ def measure(batch: int, size: int, repeats: int) -> Dict[str, Dict[str, float]]:
     for name, step in steps.items():
         row = {"time": statistics.median(times[name]), "memory": peak_memory_bytes(name, batch, size)}
         row["ratios"] = [t / b for t, b in zip(times[name], times["baseline"])]
-        if not name.startswith("block:"):
+        if name in UNET_CONFIGURATIONS:
             net = step.__defaults__[0]
             row["params"] = count_parameters(net)
             row["flops"] = train_step_flops(step)
@@ -210,6 +230,11 @@ def main() -> None:
         f"FLOPs {dca_over['flops']:+.1f} %, time {dca_over['time']:+.1f} %, peak memory {dca_over['memory']:+.1f} %"
     )
     both = results["both"]
+    fallback = results["both:pytorch"]
+    print(
+        f"'both' with the PyTorch formulation of the aggregation instead of the fused CPU kernel: time "
+        f"{fallback['time']:.3f} s ({fallback['time'] / base['time']:.3f}x), peak {fallback['memory'] / 2**20:.0f} MiB"
+    )
     flops_over = 100 * (both["flops"] / base["flops"] - 1)
     time_over = 100 * (both["time"] / base["time"] - 1)
     print(
@@ -219,9 +244,14 @@ def main() -> None:
 
     naive, fast = results["block:stacked"], results["block:optimised"]
     print(f"\nXAttnRes block, finest decoder stage (8 history entries -> 16 x {args.size}^2), forward + backward")
-    print(f"{'implementation':<26}{'time s':>9}{'peak MiB':>10}")
-    for label, r in (("stacked (paper, literal)", naive), ("optimised (XAttnRes)", fast)):
-        print(f"{label:<26}{r['time']:>9.3f}{r['memory'] / 2**20:>10.0f}")
+    print(f"{'implementation':<34}{'time s':>9}{'peak MiB':>10}")
+    rows = (
+        ("stacked (paper, literal)", naive),
+        ("XAttnRes, PyTorch formulation", results["block:pytorch"]),
+        ("XAttnRes, fused CPU kernel" if fused_cpu_available(torch.zeros(1)) else "XAttnRes (no kernel built)", fast),
+    )
+    for label, r in rows:
+        print(f"{label:<34}{r['time']:>9.3f}{r['memory'] / 2**20:>10.0f}")
     speedup = naive["time"] / fast["time"]
 
     print("\nTargets")

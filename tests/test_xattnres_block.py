@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tests.xattnres_reference import resize, stacked_xattnres
 from xattnres_monai.networks.blocks import QUERY_INITS, XAttnRes
+from xattnres_monai.networks.blocks import xattnres_cpu
 
 # (spatial_dims, target channels, target size, history [(channels, size)])
 CASES = {
@@ -35,9 +36,21 @@ def test_zero_query_gives_mean_of_aligned_entries(name):
     torch.testing.assert_close(block(x, history), expected, rtol=0, atol=1e-6)
 
 
+@pytest.fixture(params=["fused_cpu", "pytorch"])
+def implementation(request):
+    """Run a test with the fused CPU kernel and with the PyTorch formulation (CUDA / fallback / scripted path)."""
+    fused = request.param == "fused_cpu"
+    if fused and not xattnres_cpu.fused_cpu_available(torch.zeros(1)):
+        pytest.fail("the fused CPU kernel did not build here (a C++ compiler is needed)")
+    previous = xattnres_cpu.set_fused_cpu(fused)
+    yield request.param
+    xattnres_cpu.set_fused_cpu(previous)
+
+
+@pytest.mark.parametrize("batch", [2, 1])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_optimised_matches_stacked_equations(name):
-    block, x, history = make_case(name, seed=1)
+def test_optimised_matches_stacked_equations(name, batch, implementation):
+    block, x, history = make_case(name, seed=1, batch=batch)
     with torch.no_grad():
         block.query.normal_(std=2.0)  # far from uniform weights
         block.gain.uniform_(0.5, 1.5)
@@ -49,10 +62,13 @@ def test_optimised_matches_stacked_equations(name):
     assert weights.std(dim=1).mean() > 0.05
 
 
+@pytest.mark.parametrize("batch", [2, 1])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hand_written_backward_matches_autograd_of_the_equations(name):
-    """The training path's backward (``_Aggregate``) against autograd through the literal equations."""
-    block, x, history = make_case(name, seed=2)
+def test_hand_written_backward_matches_autograd_of_the_equations(name, batch, implementation):
+    """The training path's backward (fused kernel or ``_Aggregate``) against autograd through the literal equations.
+
+    Batch 1 runs the fused kernel's row-chunked path (several threads on one image)."""
+    block, x, history = make_case(name, seed=2, batch=batch)
     block, x = block.double(), x.double().requires_grad_()
     history = [h.double().requires_grad_() for h in history]
     with torch.no_grad():
@@ -64,6 +80,54 @@ def test_hand_written_backward_matches_autograd_of_the_equations(name):
     literal = torch.autograd.grad(stacked_xattnres(block, x, history), inputs, grad_out)
     for a, b in zip(ours, literal):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_kernel_float32_training_step_matches_pytorch_formulation():
+    """float32 forward and gradients of both implementations agree on the finest stage of the default U-Net."""
+    torch.manual_seed(0)
+    channels, scales = [16, 32, 64, 128, 128, 64, 32, 16], [1, 2, 4, 8, 16, 8, 4, 2]
+    block = XAttnRes(2, 16, channels)
+    with torch.no_grad():
+        block.query.normal_()
+    history = [torch.randn(3, c, 64 // s, 64 // s) for c, s in zip(channels, scales)]
+    x = torch.randn(3, 16, 64, 64)
+    results = []
+    for fused in (True, False):
+        previous = xattnres_cpu.set_fused_cpu(fused)
+        try:
+            inputs = [t.clone().requires_grad_() for t in [x] + history]
+            block.zero_grad()
+            out = block(inputs[0], inputs[1:])
+            out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+            with torch.no_grad():
+                inference = block(x, history)
+        finally:
+            xattnres_cpu.set_fused_cpu(previous)
+        torch.testing.assert_close(inference, out.detach())
+        results.append([out.detach(), block.query.grad.clone()] + [t.grad for t in inputs])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_kernel_missing_compiler_falls_back_with_a_warning(tmp_path):
+    """Without a compiler the block warns once and runs the PyTorch formulation (checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch\n"
+        "from xattnres_monai.networks.blocks import XAttnRes\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = XAttnRes(2, 4, [4])(torch.ones(1, 4, 4, 4), [torch.ones(1, 4, 2, 2)])\n"
+        "assert torch.allclose(out, torch.ones(1, 4, 4, 4))\n"
+        "print([str(w.message) for w in caught])\n"
+    )
+    env = {**__import__("os").environ, "CXX": str(tmp_path / "no-such-compiler"), "XATTNRES_KERNEL_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "fused CPU kernel could not be built, using the PyTorch formulation" in run.stdout
+    assert not list(tmp_path.glob("*.tmp"))  # no half-built library left in the cache
 
 
 def test_upsampled_entries_are_projected_before_interpolation_exactly():

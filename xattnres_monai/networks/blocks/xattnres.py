@@ -41,6 +41,8 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from xattnres_monai.networks.blocks.xattnres_cpu import fused_backward, fused_cpu_available, fused_forward
+
 __all__ = ["XAttnRes", "QUERY_INITS"]
 
 #: pseudo-query initialisations studied in Table 5 of the paper.
@@ -134,16 +136,22 @@ class XAttnRes(nn.Module):
             key = key + "x" + str(s)
         pooled = cache.get(key)
         if pooled is None:
-            source = cache.get("channels_last" + str(index))
-            if source is None:
-                source = _channels_last(h)
-                cache["channels_last" + str(index)] = source
+            source = self._cached_channels_last(index, h, cache)
             if self.spatial_dims == 2:
                 pooled = F.adaptive_max_pool2d(source, size)
             else:
                 pooled = F.adaptive_max_pool3d(source, size)
             cache[key] = pooled
         return pooled
+
+    def _cached_channels_last(self, index: int, h: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """History entry ``index`` in channels-last layout, converted once per forward pass."""
+        key = "channels_last" + str(index)
+        converted = cache.get(key)
+        if converted is None:
+            converted = _channels_last(h)
+            cache[key] = converted
+        return converted
 
     def _aligned_values(
         self, x: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]
@@ -177,6 +185,10 @@ class XAttnRes(nn.Module):
             pooled_size = [min(s, t) for s, t in zip(source, target)]
             if pooled_size != source:
                 h = self._cached_pool(i, h, pooled_size, cache)
+            elif pooled_size != target and self.history_channels[i] != self.channels:
+                # an entry to upsample is projected channels-last (oneDNN's 1x1 convolution and its backward are
+                # 2-4x faster there on CPU; both aggregation paths read that layout without a copy)
+                h = self._cached_channels_last(i, h, cache)
             # project at the lowest resolution; upsampling (if still smaller than the target) is left
             # to _aggregate, which upsamples channels-last
             v = projection(h)
@@ -228,6 +240,11 @@ class XAttnRes(nn.Module):
         values = self._aligned_values(x, history, cache)
         query = self.query * self.gain
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            # not under torch.compile / torch.export (ONNX): they trace operations and cannot see into the kernel
+            if not torch.compiler.is_compiling() and fused_cpu_available(x):
+                if torch.is_grad_enabled():
+                    return _FusedAggregate.apply(query, self.eps, *values)
+                return fused_forward(query, values, self.eps)
             if torch.is_grad_enabled():
                 return _Aggregate.apply(query, self.eps, *values)
             return _aggregate(query, values, self.eps, stream=True)[0]
@@ -348,6 +365,24 @@ def _aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, stre
             out = out.add_(upsampled) if inplace else out + upsampled
     assert out is not None
     return [out, weights, dot, inv_rms] + full
+
+
+class _FusedAggregate(torch.autograd.Function):
+    """Eq. 6-8 by the fused CPU kernel (:mod:`.xattnres_cpu`): saves only its (low-resolution) inputs and
+    recomputes the upsampled rows in the backward."""
+
+    @staticmethod
+    def forward(ctx, query, eps, *values):  # type: ignore[override]
+        ctx.eps = eps
+        ctx.save_for_backward(query, *values)
+        return fused_forward(query, values, eps)
+
+    @staticmethod
+    @once_differentiable  # double backward (e.g. gradient penalties) is not supported
+    def backward(ctx, grad):  # type: ignore[override]
+        query, *values = ctx.saved_tensors
+        grad_query, grads = fused_backward(query, values, ctx.eps, grad)
+        return (grad_query, None, *grads)
 
 
 class _Aggregate(torch.autograd.Function):

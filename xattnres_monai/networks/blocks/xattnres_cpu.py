@@ -1,0 +1,239 @@
+"""Fused CPU kernel of the XAttnRes aggregation (``xattnres_cpu.cpp``): build, load, run on threads.
+
+Why a kernel of our own: on CPU the aggregation is memory-bound element-wise work (upsampling, channel RMS,
+logits, softmax, weighted sum and their backward) on up to 9 entries at full resolution. Composed from
+PyTorch operations it makes a dozen passes over full-resolution tensors in the forward and more in the
+backward; the fused kernel makes one pass per row and keeps nothing of full resolution but its output
+(``python benchmarks/xattnres_overhead.py`` prints the two side by side). It is used for float32 / float64
+CPU tensors in eager mode; CUDA, other dtypes and the TorchScript / ONNX paths use the PyTorch formulation
+in :mod:`xattnres_monai.networks.blocks.xattnres`, which the tests hold the kernel to.
+
+The kernel is plain C++ without PyTorch headers, compiled on first use with the system compiler (``$CXX``,
+else ``c++``; about 5 s) into a per-user cache (``$XATTNRES_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/xattnres_monai``, else ``~/.cache/xattnres_monai``), keyed by the source, the flags and the
+CPU. Without a compiler, or with ``XATTNRES_FUSED_CPU=0``, the PyTorch formulation runs instead (same
+results, slower on CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["fused_cpu_available", "fused_forward", "fused_backward", "set_fused_cpu"]
+
+_SOURCE = Path(__file__).with_name("xattnres_cpu.cpp")
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+_ABI_VERSION = 2
+_lock = threading.Lock()
+_library: Optional[ctypes.CDLL] = None
+_failed = False
+_enabled = os.environ.get("XATTNRES_FUSED_CPU", "1") != "0"
+_executor: Optional[Tuple[int, int, ThreadPoolExecutor]] = None  # (pid, threads, executor)
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XATTNRES_KERNEL_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "xattnres_monai"
+
+
+def _cpu_fingerprint() -> str:
+    """-march=native code runs only on CPUs with the same instruction sets: key the build by them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(compiler: str) -> Path:
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler] + _FLAGS).encode() + _cpu_fingerprint().encode()).hexdigest()
+    target = _cache_dir() / f"xattnres_cpu_{key[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a temporary name in the cache folder, then rename: concurrent builders (torchrun ranks,
+    # parallel test workers) never load a half-written library
+    fd, partial = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *_FLAGS, str(_SOURCE), "-o", partial], check=True, capture_output=True, text=True, timeout=300
+        )
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _library, _failed
+    if _library is not None or _failed:
+        return _library
+    with _lock:
+        if _library is not None or _failed:
+            return _library
+        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        try:
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set CXX)")
+            library = ctypes.CDLL(str(_build(compiler)))
+            if library.xattnres_abi_version() != _ABI_VERSION:
+                raise RuntimeError("stale kernel library")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", "") or str(error)
+            warnings.warn(
+                "XAttnRes: the fused CPU kernel could not be built, using the PyTorch formulation (slower on CPU): "
+                + detail.strip()[-2000:],
+                RuntimeWarning,
+            )
+            _failed = True
+            return None
+        for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+            forward = getattr(library, "xattnres_forward_" + suffix)
+            forward.argtypes = [ctypes.c_int, _I64, _I64, _I64, _I64, _P, _P, _P, real, _P, _I64, _I64]
+            forward.restype = None
+            backward = getattr(library, "xattnres_backward_" + suffix)
+            backward.argtypes = [ctypes.c_int, _I64, _I64, _I64, _I64, _P, _P, _P, real, _P, _P, _P, _I64, _I64]
+            backward.restype = None
+        _library = library
+        return library
+
+
+def set_fused_cpu(enabled: bool) -> bool:
+    """Use the fused kernel where it applies (default, unless ``XATTNRES_FUSED_CPU=0``) or always the PyTorch
+    formulation; returns the previous setting. For comparisons (tests, benchmarks)."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
+
+
+def fused_cpu_available(tensor: torch.Tensor) -> bool:
+    """Whether the fused kernel handles ``tensor``'s device and dtype here (builds it on first call)."""
+    return (
+        _enabled
+        and tensor.device.type == "cpu"
+        and tensor.dtype in (torch.float32, torch.float64)
+        and _load() is not None
+    )
+
+
+def _threads() -> Tuple[ThreadPoolExecutor, int]:
+    """A pool of ``torch.get_num_threads()`` threads (recreated after a fork or a thread-count change) and its size."""
+    global _executor
+    threads = max(1, torch.get_num_threads())
+    if _executor is None or _executor[0] != os.getpid() or _executor[1] != threads:
+        _executor = (os.getpid(), threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xattnres"))
+    return _executor[2], threads
+
+
+def _channels_last(v: torch.Tensor) -> bool:
+    return v.is_contiguous(memory_format=torch.channels_last if v.dim() == 4 else torch.channels_last_3d)
+
+
+def _layout(values: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[bool]]:
+    """The entries as the kernel reads them: channels-first contiguous, or channels-last contiguous (the layout the
+    1x1 projections and the pooling produce fastest; the kernel transposes those at low resolution). ``x`` (last)
+    and the output are channels-first."""
+    layouts = [_channels_last(v) and not v.is_contiguous() for v in values[:-1]] + [False]
+    return [v if cl else v.contiguous() for v, cl in zip(values, layouts)], layouts
+
+
+def _geometry(values: Sequence[torch.Tensor], layouts: Sequence[bool]) -> Tuple[List[int], torch.Tensor]:
+    """Target size as (D, H, W) (D = 1 in 2D) and, per entry, (D, H, W, channels-last) as the kernel takes it."""
+    sizes = [[1] * (5 - v.dim()) + list(v.shape[2:]) for v in values]
+    return sizes[-1], torch.tensor([s + [int(cl)] for s, cl in zip(sizes, layouts)], dtype=torch.int64)
+
+
+def _pointers(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
+    """A C array of the data pointers of ``tensors`` (the caller keeps it alive during the call)."""
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _split(batch: int, rows: int, threads: int) -> List[Tuple[int, int, int, int]]:
+    """Work items (batch index, chunk index, first row, end row): whole batch items when there are enough of
+    them for the threads, otherwise each item cut into ``ceil(threads / batch)`` row chunks."""
+    chunks = 1 if batch >= threads else min(rows, -(-threads // batch))
+    bounds = [rows * k // chunks for k in range(chunks + 1)]
+    return [(b, k, bounds[k], bounds[k + 1]) for b in range(batch) for k in range(chunks)]
+
+
+def fused_forward(query: torch.Tensor, values: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
+    """Eq. 6-8 (with the upsampling of Eq. 4) on ``values`` (entries not yet upsampled, ``x`` last)."""
+    library = _load()
+    assert library is not None
+    values, layouts = _layout(values)
+    x = values[-1]
+    (depth, height, width), sizes = _geometry(values, layouts)
+    q = query.detach().to(x.dtype).contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    kernel = library.xattnres_forward_f32 if x.dtype == torch.float32 else library.xattnres_forward_f64
+    executor, threads = _threads()
+    items = _split(x.shape[0], depth * height, threads)
+
+    def run(item: Tuple[int, int, int, int]) -> None:
+        b, _, begin, end = item
+        entries = _pointers([v[b] for v in values])
+        kernel(
+            len(values), x.shape[1], depth, height, width, ctypes.addressof(entries),
+            sizes.data_ptr(), q.data_ptr(), eps, out[b].data_ptr(), begin, end,
+        )
+
+    list(executor.map(run, items))
+    return out
+
+
+def fused_backward(
+    query: torch.Tensor, values: Sequence[torch.Tensor], eps: float, grad: torch.Tensor
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Gradients of :func:`fused_forward` with respect to ``query`` and every entry of ``values``."""
+    library = _load()
+    assert library is not None
+    values, layouts = _layout(values)
+    x = values[-1]
+    grad = grad.contiguous()
+    (depth, height, width), sizes = _geometry(values, layouts)
+    q = query.detach().to(x.dtype).contiguous()
+    executor, threads = _threads()
+    items = _split(x.shape[0], depth * height, threads)
+    chunks = max(k for _, k, _, _ in items) + 1
+    same = [v.shape == x.shape and not cl for v, cl in zip(values, layouts)]
+    # same-size channels-first entries: every row written by exactly one item; the others: accumulated (in their
+    # own layout), one buffer per row chunk (chunks of one batch item scatter into overlapping source rows)
+    grads = [[torch.empty_like(v)] if s else [torch.zeros_like(v) for _ in range(chunks)] for v, s in zip(values, same)]
+    grad_query = torch.zeros(len(items), x.shape[1], dtype=torch.float64)
+    kernel = library.xattnres_backward_f32 if x.dtype == torch.float32 else library.xattnres_backward_f64
+
+    def run(index: int) -> None:
+        b, k, begin, end = items[index]
+        entries = _pointers([v[b] for v in values])
+        targets = _pointers([g[0][b] if s else g[k][b] for g, s in zip(grads, same)])
+        kernel(
+            len(values), x.shape[1], depth, height, width, ctypes.addressof(entries),
+            sizes.data_ptr(), q.data_ptr(), eps, grad[b].data_ptr(), ctypes.addressof(targets),
+            grad_query[index].data_ptr(), begin, end,
+        )
+
+    list(executor.map(run, range(len(items))))
+    return grad_query.sum(0).to(query.dtype), [g[0] if len(g) == 1 else torch.stack(g).sum(0) for g in grads]
