@@ -326,7 +326,7 @@ def test_load_pretrained_rejects_bad_files(tmp_path, case):
         assert "no key matches" in message
     for key, value in encoder.state_dict().items():  # nothing was loaded
         assert torch.equal(value, before[key])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_pvt_pretrained(encoder, tmp_path / "absent.pth")
 
 
@@ -375,6 +375,9 @@ def test_mutation_loss_custom_loss_and_errors():
 
 @pytest.mark.slow
 def test_emcad_summary():
-    text = emcad_summary(input_sizes=(224,))
-    for expected in ("24,849,856", "26,764,411", "27,761,787", "26.76M", "28.09M", "GFLOPs"):
+    text = emcad_summary(input_sizes=(224, 352))
+    for expected in ("24,849,856", "26,764,411", "27,761,787", "26.76M", "28.09M", "GFLOPs", "FlopCounterMode"):
         assert expected in text
+    # one FLOPs row per network and resolution, the resolution named
+    flop_rows = [line for line in text.splitlines() if line.startswith("EMCAD") and ("224" in line or "352" in line)]
+    assert any(" 224 " in f" {line} " for line in flop_rows) and any(" 352 " in f" {line} " for line in flop_rows)

@@ -196,3 +196,26 @@ def test_colondb_overlays_train_one_epoch(overlay, tmp_path):
         run_bundle(bundle, ["inference.json", overlay], tmp_path / "bundle", "--dataset_dir", str(new),
                    "--output_dir", str(tmp_path / "out"))
         assert Image.open(tmp_path / "out" / "frame_mask.png").size == Image.open(source).size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "routing, expected",
+    [
+        (["--network_def#xattnres", "none"], "baseline"),  # plain U-Net: no pseudo-queries
+        (["--network_def#skip", "False", "--network_def#xattnres", "full"], "replace"),  # XAttnRes instead of skips
+    ],
+)
+def test_routing_configurations_selectable_by_override(routing, expected, tmp_path):
+    """The paper's routing configurations (Tables 3-4) are command-line overrides of the 2D bundles too."""
+    write_image_release("isic2017", tmp_path / "raw", n_cases=6, size=(64, 80), seed=3)
+    prepare_images("isic2017", tmp_path / "raw", tmp_path / "datalist.json")
+    run_bundle(DATASETS["isic2017"], ["train.json"], tmp_path / "bundle", "--datalist", str(tmp_path / "datalist.json"),
+               "--max_epochs", "1", *routing)
+    state = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    queries = [k for k in state if k.endswith(".query")]
+    finest_decoder_in = state["decoder.3.conv.conv_0.conv.weight"].shape[1]
+    if expected == "baseline":
+        assert not queries and finest_decoder_in == 16 + 16  # upsampled features + skip
+    else:
+        assert len(queries) == 8 and finest_decoder_in == 16  # no skip concatenated

@@ -102,3 +102,46 @@ def test_gradient_clipping_bounds_the_gradients_before_the_step(mode, clip):
         assert float(torch.sqrt(sum((g**2).sum() for g in grads))) == pytest.approx(clip, rel=1e-4)
     with pytest.raises(ValueError, match="mode"):
         GradientClipping(mode="max")
+
+
+def test_binary_report_scores_hand_computed_cases(tmp_path):
+    """Per-image Dice / IoU of the 2D evaluation report on hand-made masks, through a real Ignite engine."""
+    import csv
+
+    from ignite.engine import Engine
+    from monai.data import MetaTensor
+
+    from xattnres_monai.handlers import BinarySegmentationReport
+
+    def mask(pixels, name):
+        m = torch.zeros(1, 5, 7)
+        for r, c in pixels:
+            m[0, r, c] = 1
+        return MetaTensor(m, meta={"filename_or_obj": name})
+
+    # prediction 4 pixels, truth 6 pixels, 3 shared: Dice 2*3/(4+6) = 0.6, IoU 3/7; then both empty: 1, 1;
+    # then a missed lesion: 0, 0
+    cases = [
+        ([(0, 0), (0, 1), (0, 2), (4, 6)], [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)], 0.6, 3 / 7),
+        ([], [], 1.0, 1.0),
+        ([], [(2, 3)], 0.0, 0.0),
+    ]
+    batches = [
+        [{"image": mask([], f"img{i}.png"), "label": mask(truth, f"mask{i}.png")}] for i, (_, truth, _, _) in enumerate(cases)
+    ]
+    predictions = [[{"pred": mask(pred, "")}] for pred, _, _, _ in cases]
+    # as in the bundle's evaluator: the output holds the predictions, the state the input batch with the truth
+    engine = Engine(lambda e, batch: predictions[e.state.iteration - 1])
+    report = BinarySegmentationReport(str(tmp_path), flops_input_shape=None)
+    report.attach(engine)
+    engine.run(batches, max_epochs=1)
+    with open(tmp_path / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == ["mask0.png", "mask1.png", "mask2.png"]
+    for row, (_, _, dice, iou) in zip(rows, cases):
+        assert math.isclose(float(row["dice"]), dice, abs_tol=1e-6) and math.isclose(float(row["iou"]), iou, abs_tol=1e-6)
+        assert (int(row["height"]), int(row["width"])) == (5, 7)
+    with open(tmp_path / "summary.csv") as f:
+        summary = next(csv.DictReader(f))
+    assert math.isclose(float(summary["mean_dice"]), (0.6 + 1 + 0) / 3, abs_tol=1e-6)
+    assert math.isclose(float(summary["mean_iou"]), (3 / 7 + 1 + 0) / 3, abs_tol=1e-6)

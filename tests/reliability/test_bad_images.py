@@ -189,16 +189,35 @@ def test_bad_image_in_datalist_is_refused(source, tmp_path, capsys, entry, probl
 
 
 @pytest.mark.parametrize("problem", sorted(MASK_PROBLEMS))
-def test_bad_mask_in_datalist_is_refused_before_training(source, tmp_path, capsys, problem):
+@pytest.mark.parametrize("entry", ["train", "evaluate"])
+def test_bad_mask_in_datalist_is_refused(source, tmp_path, capsys, entry, problem):
     root, datalist = _workdir(source, tmp_path)
-    bad, fragment = _replace_in_datalist(root, datalist, "training", "label", MASK_PROBLEMS[problem])
+    subset = "training" if entry == "train" else "test"
+    bad, fragment = _replace_in_datalist(root, datalist, subset, "label", MASK_PROBLEMS[problem])
+    before = _files(root / "bundle")
+    configs = ["train.json"] + (["evaluate.json"] if entry == "evaluate" else [])
     code, log = _run(
-        lambda: _workflow(["train.json"], root / "bundle", "train", datalist=str(root / "data" / "datalist.json")), capsys
+        lambda: _workflow(configs, root / "bundle", "train", datalist=str(root / "data" / "datalist.json")), capsys
     )
     assert code == 2
     errors = [ln for ln in log.splitlines() if ln.startswith("error:") and bad.name in ln]
     assert any(fragment in ln for ln in errors), log[-2000:]
-    assert not (root / "bundle" / "eval").exists()
+    assert _files(root / "bundle") == before  # no checkpoint, no report, no log folder
+
+
+@pytest.mark.parametrize("problem", ["multi_frame", "huge_header", "nan_pixels", "constant"])
+def test_bad_image_in_release_is_refused_at_preparation(tmp_path, capsys, problem):
+    """The image checks of inference (frames, size from the header, NaN, constant) also guard data preparation."""
+    from xattnres_monai.data.images import main
+
+    write_image_release("colondb", tmp_path / "raw", n_cases=6, size=(40, 48), seed=4)
+    first = sorted((tmp_path / "raw" / "images").iterdir())[0]
+    bad, fragment = IMAGE_PROBLEMS[problem](first)
+    out = tmp_path / "out" / "datalist.json"
+    code, log = _run(lambda: main(["colondb", "--input", str(tmp_path / "raw"), "--output", str(out)]), capsys)
+    assert code == 2, log[-2000:]
+    assert any(bad.name in ln and fragment in ln for ln in log.splitlines() if ln.startswith("error:")), log[-2000:]
+    assert _files(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("problem", sorted(set(IMAGE_PROBLEMS) - {"missing"}))

@@ -135,14 +135,16 @@ ENTRY_POINTS: Dict[str, Callable] = {
     "evaluate": run_evaluate,
     "infer": run_infer,
 }
+#: damaged label files (the label is read by the same checked reader as the image)
+BAD_LABEL_FILES = [bad for bad in BAD_VOLUMES if bad.name in ("zero_byte", "truncated", "volume_2d")]
 #: which bad inputs each entry point takes, in which role
 CASES: List[Tuple[str, Bad, str]] = (
     [("prepare", bad, "image") for bad in BAD_VOLUMES + BAD_IMAGE_VALUES]
-    + [("prepare", bad, "label") for bad in BAD_LABELS]
+    + [("prepare", bad, "label") for bad in BAD_LABELS + BAD_LABEL_FILES]
     + [("train", bad, "image") for bad in BAD_VOLUMES + BAD_IMAGE_VALUES]
-    + [("train", bad, "label") for bad in BAD_LABELS]
+    + [("train", bad, "label") for bad in BAD_LABELS + BAD_LABEL_FILES]
     + [("evaluate", bad, "image") for bad in BAD_VOLUMES + BAD_IMAGE_VALUES]
-    + [("evaluate", bad, "label") for bad in BAD_LABELS]
+    + [("evaluate", bad, "label") for bad in BAD_LABELS + BAD_LABEL_FILES]
     + [("infer", bad, "image") for bad in BAD_VOLUMES + BAD_IMAGE_VALUES + BAD_DICOM]
 )
 #: messages that differ by entry point
