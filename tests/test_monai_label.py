@@ -1,4 +1,4 @@
-"""MONAI Label 0.8.5 annotation assist with the Synapse bundle, against the real server (issue 7).
+"""MONAI Label 0.8.5 annotation assist with the Synapse bundle and a 2D bundle, against the real server (issue 7).
 
 The MONAI Label environment is built once with ``make label-env`` (``.venv-label``, reused while the hash of
 ``requirements-label.txt`` matches; ``XATTNRES_LABEL_VENV`` points the test at another folder). The Synapse bundle is
@@ -7,13 +7,16 @@ it into MONAI Label's ``monaibundle`` app and starts the server on a free port o
 generated NIfTI volumes, its outgoing HTTP(S) requests sent to a dead proxy (offline). The test asks for organ masks
 (``POST /infer/<model>``), saves two labels (``PUT /datastore/label``), runs a one-epoch training through
 ``POST /train/<model>`` and checks that ``models/model.pt`` was replaced. The server (and its training process) is
-stopped by killing its process group.
+stopped by killing its process group. The same runs with the ColonDB bundle on PNG studies: its masks must have the
+study's size and equal the bundle's own command-line inference (0/1 instead of 0/255), and saved 0/1 label maps must
+train it (the bundle's ``configs/monai_label.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import json
 import os
 import platform
@@ -144,10 +147,15 @@ def work(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def server(label_python, work):
+    """The MONAI Label server with the Synapse bundle (see :func:`_serve`)."""
+    yield from _serve(label_python, BUNDLE, work)
+
+
+def _serve(label_python: Path, bundle: Path, work: dict):
     """The MONAI Label server started by the launcher on a free port of 127.0.0.1; stopped at the end."""
     port = _free_port()
     log_path = work["root"] / "server.log"
-    cmd = [str(label_python), "-m", "xattnres_monai.tools.label_server", "start", "--bundle", str(BUNDLE),
+    cmd = [str(label_python), "-m", "xattnres_monai.tools.label_server", "start", "--bundle", str(bundle),
            "--weights", str(work["weights"]), "--studies", str(work["studies"]), "--app", str(work["app"]),
            "--port", str(port)]  # fmt: skip
     # offline: every outgoing HTTP(S) request of the server (and of its training process) goes to a dead proxy
@@ -176,7 +184,7 @@ def server(label_python, work):
                 pytest.fail(f"the server did not answer within 300 s:\n{log_tail()}")
             time.sleep(1)
         print(f"\nserver ready after {time.monotonic() - start:.0f} s")
-        yield {"url": url, "process": process, "log": log_tail, "model_dir": work["app"] / "model" / MODEL}
+        yield {"url": url, "process": process, "log": log_tail, "model_dir": work["app"] / "model" / bundle.name}
     finally:
         for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
             try:
@@ -297,9 +305,9 @@ def test_infer_returns_a_mask_on_the_grid_of_the_study(server, work):
     assert values <= {0, *ORGANS.values()}, values
 
 
-def _train(url: str, params: dict) -> dict:
+def _train(url: str, params: dict, model: str = MODEL) -> dict:
     """``POST /train/<model>`` and wait for the task to end; returns its final status."""
-    task = _json(f"{url}/train/{MODEL}", "POST", params)
+    task = _json(f"{url}/train/{model}", "POST", params)
     assert task["status"] in ("SUBMITTED", "RUNNING")
     start = time.monotonic()
     while True:
@@ -384,3 +392,115 @@ def test_missing_or_wrong_weights_are_refused(label_python, work, tmp_path):
     swapped = subprocess.run([str(label_python), "-c", script, str(deployed)], capture_output=True,
                              encoding="utf-8", errors="replace")  # fmt: skip
     assert "refused:" in swapped.stdout and "refusing a partial load" in swapped.stdout, swapped.stdout + swapped.stderr
+
+
+# --------------------------------------------------------------------------------------- a 2D bundle (PNG studies)
+
+BUNDLE_2D = REPO / "bundles" / "colondb_polyp_segmentation"
+MODEL_2D = BUNDLE_2D.name
+
+
+def test_deploy_applies_the_bundles_monai_label_settings(tmp_path):
+    from xattnres_monai.tools.label_server import deploy_bundle, monai_label_overlays
+    from xattnres_monai.utils.files import InputError
+
+    deployed = deploy_bundle(BUNDLE_2D, tmp_path / "app")["path"]
+    source = json.loads((BUNDLE_2D / "configs" / "inference.json").read_text())
+    inference = json.loads((deployed / "configs" / "inference.json").read_text())
+    added = inference["postprocessing"]["transforms"][len(source["postprocessing"]["transforms"]):]
+    assert [t["_target_"] for t in added] == ["Transposed", "SqueezeDimd", "CastToTyped"]
+    assert inference["postprocessing"]["transforms"][: -len(added)] == source["postprocessing"]["transforms"]
+    train = json.loads((deployed / "configs" / "train.json").read_text())
+    assert train["mask_threshold"] == 0.5 and json.loads((BUNDLE_2D / "configs" / "train.json").read_text())[
+        "mask_threshold"] == 127.5  # fmt: skip
+    assert monai_label_overlays(BUNDLE) == {}  # the Synapse bundle needs none
+
+    bad = tmp_path / "bad_bundle"
+    shutil.copytree(BUNDLE_2D / "configs", bad / "configs")
+    (bad / "configs" / "monai_label.json").write_text('{"evaluate.json": {}}')
+    with pytest.raises(InputError, match="monai_label.json: expected an object with the keys"):
+        deploy_bundle(bad, tmp_path / "app2")
+
+
+@pytest.fixture(scope="module")
+def work_2d(tmp_path_factory) -> dict:
+    """A tiny trained ColonDB model, PNG studies of a non-square size, their 0/1 label maps, and the bundle's own
+    command-line masks of the studies (0/255) to compare MONAI Label's with."""
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    from xattnres_monai.data.image_phantoms import write_image_release
+    from xattnres_monai.data.images import prepare_images
+
+    root = tmp_path_factory.mktemp("monai_label_2d")
+    write_image_release("colondb", root / "raw", n_cases=8, size=(64, 80), seed=1)
+    prepare_images("colondb", root / "raw", root / "datalist.json")
+    configs = BUNDLE_2D / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(root / "trained"),
+        datalist=str(root / "datalist.json"), max_epochs=1, roi_size=[64, 64], num_workers=0, batch_size=4,
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    studies, labels = root / "studies", root / "labels"
+    studies.mkdir()
+    labels.mkdir()
+    for number in (1, 2):
+        image = Image.open(root / "raw" / "images" / f"{number}.png")
+        assert image.width != image.height
+        image.save(studies / f"frame{number}.png")
+        mask = np.asarray(Image.open(root / "raw" / "masks" / f"{number}.png").convert("L")) > 127
+        Image.fromarray(mask.astype(np.uint8)).save(labels / f"frame{number}.png")  # a label map: 0 / 1
+    cli = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"),
+         "--bundle_root", str(root / "trained"), "--dataset_dir", str(studies), "--output_dir", str(root / "cli")],
+        capture_output=True, encoding="utf-8", errors="replace",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    weights = root / "trained" / "models" / "model.pt"
+    return {"root": root, "weights": weights, "studies": studies, "labels": labels, "app": root / "app",
+            "cli": root / "cli"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server_2d(label_python, work_2d):
+    yield from _serve(label_python, BUNDLE_2D, work_2d)
+
+
+@pytest.mark.slow
+@label_env_test
+def test_2d_bundle_masks_have_the_study_size_and_match_the_bundle(server_2d, work_2d):
+    from PIL import Image
+
+    info = _json(f"{server_2d['url']}/info/")
+    assert info["models"][MODEL_2D]["labels"] == {"polyp": 1} and info["models"][MODEL_2D]["dimension"] == 2
+    for study in ("frame1", "frame2"):
+        status, content = _request(f"{server_2d['url']}/infer/{MODEL_2D}?image={study}&output=image", "POST")
+        assert status == 200, f"HTTP {status}: {content[-2000:]!r}\n{server_2d['log']()}"
+        path = work_2d["root"] / f"label_{study}.png"
+        path.write_bytes(content)
+        mask = Image.open(path)
+        assert mask.size == Image.open(work_2d["studies"] / f"{study}.png").size  # (W, H), not transposed
+        values = np.asarray(mask)
+        assert set(np.unique(values).tolist()) <= {0, 1}
+        # the same prediction as the bundle's own inference, as a label map (0 / 1) instead of a 0 / 255 mask
+        np.testing.assert_array_equal(values * 255, np.asarray(Image.open(work_2d["cli"] / f"{study}_mask.png")))
+
+
+@pytest.mark.slow
+@label_env_test
+def test_2d_bundle_trains_from_saved_label_maps(server_2d, work_2d):
+    url, weights = server_2d["url"], server_2d["model_dir"] / "models" / "model.pt"
+    for study in ("frame1", "frame2"):
+        assert _upload(f"{url}/datastore/label?image={study}", "label", work_2d["labels"] / f"{study}.png")["label"] == study
+    before = _sha256(weights)
+    status = _train(url, {"max_epochs": 1, "val_split": 0.5}, model=MODEL_2D)
+    assert status["status"] == "DONE", "\n".join(status.get("details", [])) + "\n" + server_2d["log"]()
+    assert _sha256(weights) != before
+    # the 0/1 label maps were read as polyp / background (threshold 0.5), not as empty masks: the training and
+    # validation Dice of the epoch are above 0
+    details = "\n".join(status.get("details", []))
+    dice = [float(line.rsplit(":", 1)[1]) for line in details.splitlines() if "Metrics -- val_mean_dice:" in line]
+    assert dice and dice[-1] > 0, details[-3000:]

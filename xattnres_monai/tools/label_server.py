@@ -10,7 +10,8 @@ Run with the Python of the MONAI Label environment (``make label-env`` builds ``
 1. copies the ``monaibundle`` sample app shipped in the ``monailabel`` 0.8.5 wheel to ``--app`` if it is not there
    (what ``monailabel apps --download --name monaibundle`` does: a local copy, nothing is downloaded);
 2. deploys each ``--bundle`` to ``<app>/model/<bundle folder name>/``: ``configs/`` (refreshed every time, with the
-   MONAI Label training settings of :data:`LABEL_TRAIN_SETTINGS` written into ``configs/train.json``), ``docs/``,
+   MONAI Label training settings of :data:`LABEL_TRAIN_SETTINGS` written into ``configs/train.json``, and the
+   bundle's own MONAI Label settings, ``configs/monai_label.json``, applied: see :func:`monai_label_overlays`), ``docs/``,
    ``LICENSE`` and ``models/model.pt``; the weights are copied only when the app has none yet, so weights
    fine-tuned through MONAI Label survive a restart (``--replace-weights`` deploys the bundle's again);
 3. refuses to start when a bundle has no ``models/model.pt`` (``--allow-untrained``: serve it for training only) or
@@ -53,6 +54,7 @@ __all__ = [
     "check_environment",
     "check_weights",
     "deploy_bundle",
+    "monai_label_overlays",
     "main",
     "prepare_app",
     "server_command",
@@ -166,6 +168,39 @@ def _copy_file(source: Path, dest: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def monai_label_overlays(bundle: Path) -> Dict[str, Dict[str, Any]]:
+    """The bundle's MONAI Label-specific settings, ``configs/monai_label.json`` (none when absent).
+
+    ``{"inference.json": {...}, "train.json": {...}}``: per config file, the keys to set in the deployed copy, with
+    MONAI's multi-config syntax (``"a#b"`` paths, ``"+key"`` to extend a list or merge a dict). The 2D bundles use it
+    for what MONAI Label 0.8.5 expects of a 2D prediction: the array in MONAI's (W, H) order without channel (its
+    ``Restored`` compares the prediction with the image's (W, H) ``spatial_shape`` and its writer transposes), uint8
+    for the PNG writer, and label maps with values 0/1 (what MONAI Label saves) read by training.
+    """
+    path = bundle / "configs" / "monai_label.json"
+    if not path.is_file():
+        return {}
+    try:
+        overlays = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    unknown = sorted(set(overlays) - {"inference.json", "train.json"}) if isinstance(overlays, dict) else ["?"]
+    if unknown:
+        raise InputError(path, f"expected an object with the keys inference.json / train.json, got {unknown}")
+    return overlays
+
+
+def _merged(config: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
+    """``config`` with ``changes`` applied the way ``python -m monai.bundle run`` merges several config files."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    parser = ConfigParser(config)
+    for key, value in changes.items():
+        merge_kv(parser, key, value)
+    return parser.get()
+
+
 def deploy_bundle(
     bundle: Path, app: Path, weights: Optional[Path] = None, replace_weights: bool = False
 ) -> Dict[str, Any]:
@@ -184,13 +219,19 @@ def deploy_bundle(
     for config in sorted((bundle / "configs").iterdir()):
         if config.is_file():
             _copy_file(config, dest / "configs" / config.name)
+    overlays = monai_label_overlays(bundle)
     train = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
     train.update(LABEL_TRAIN_SETTINGS)
     for handler in train.get("train", {}).get("handlers", []):
         if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith(".EpochCheckpoint"):
             handler["_disabled_"] = True
-    with atomic_write(dest / "configs" / "train.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(train, indent=4) + "\n", encoding="utf-8")
+    configs = {"train.json": train}
+    if "inference.json" in overlays:
+        configs["inference.json"] = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
+    for name, config in configs.items():
+        config = _merged(config, overlays.get(name, {}))
+        with atomic_write(dest / "configs" / name, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
     if (bundle / "docs").is_dir():
         shutil.copytree(bundle / "docs", dest / "docs", dirs_exist_ok=True)
     if (bundle / "LICENSE").is_file():
