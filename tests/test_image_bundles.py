@@ -131,7 +131,8 @@ def test_inference_writes_binary_masks_at_input_size(trained, tmp_path):
     out = tmp_path / "out"
     result = run_bundle(bundle, ["inference.json"], bundle_root, "--dataset_dir", str(tmp_path / "new"),
                         "--output_dir", str(out), "--save_probabilities", "True")
-    assert "converted L image to RGB" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "gray.png: converted L image to RGB" in log and "rgba.png: converted RGBA image to RGB" in log
     for name, size in sizes.items():
         mask = Image.open(out / f"{name}_mask.png")
         assert mask.mode == "L" and mask.size == size, (name, mask.size, size)

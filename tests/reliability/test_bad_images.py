@@ -286,3 +286,28 @@ def test_checkpoint_of_another_network_is_refused_at_inference(source, tmp_path,
     )
     assert code == 2 and "model.pt" in log and "missing keys" in log, log[-1500:]
     assert _files(tmp_path / "out") == []
+
+
+def test_png_mask_writer_fails_on_the_second_image(source, tmp_path, capsys, monkeypatch):
+    """A full disk while the second mask is written: no partial file, the first mask intact, the file named."""
+    from tests.reliability.test_writer_failure import failing_on_call
+
+    root, datalist = _workdir(source, tmp_path)
+    images = tmp_path / "new"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(root / "data" / datalist["test"][0]["image"], images / f"{name}.png")
+    out = tmp_path / "out"
+    failing = failing_on_call(Image.Image.save, fail_at=2)  # Image.save(self, fp, ...): the (temporary) mask file
+    monkeypatch.setattr(Image.Image, "save", failing)
+    code, log = _run(
+        lambda: _workflow(["inference.json"], root / "bundle", "inference", dataset_dir=str(images), output_dir=str(out)),
+        capsys,
+    )
+    monkeypatch.undo()
+    assert code == 2, log[-2000:]
+    assert any(f"{out / 'b_mask.png'}: cannot write the mask" in ln for ln in log.splitlines() if ln.startswith("error:"))
+    assert _files(out) == ["a_mask.png", "c_mask.png"]  # no partial b_mask.png, no temporary file; c still written
+    for name in ("a", "c"):
+        mask = Image.open(out / f"{name}_mask.png")
+        assert mask.size == Image.open(images / f"{name}.png").size and set(np.unique(np.asarray(mask))) <= {0, 255}
