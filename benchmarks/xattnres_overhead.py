@@ -22,7 +22,9 @@ process as the peak resident-set increase over the state just before the step.
 Why the wall-time overhead exceeds the FLOPs overhead on CPU: the FLOP counter counts convolutions
 and matrix products only. XAttnRes is dominated by element-wise, memory-bound work at the finest
 decoder stage (8 entries x 16 channels at full resolution: interpolation, channel norms, softmax
-and the weighted sum, and their backward), which costs time but no counted FLOPs.
+and the weighted sum, and their backward), which costs time but no counted FLOPs. The fused CPU
+kernel (``networks/blocks/xattnres_cpu.cpp``) makes one pass per row for it; the run also prints
+"both" with the PyTorch formulation of the aggregation (what CUDA and the fallback run) for comparison.
 """
 
 from __future__ import annotations

@@ -24,11 +24,15 @@ The implementation is efficient by design:
   computes the same values on far fewer positions;
 * resized history entries are kept in a per-forward cache shared by all XAttnRes blocks of the
   network, so an entry is resized at most once per target resolution within a forward pass;
-* in training, Eq. 6-8 run in one autograd function (:class:`_Aggregate`) whose hand-written
-  backward reuses scratch buffers instead of storing per-entry intermediates; pooling and
-  upsampling run channels-last; in eager inference upsampled entries are streamed through one
-  buffer (see :func:`_aggregate` for what each of these measured on CPU). The scripted / traced
-  path (TorchScript, ONNX) uses the same :func:`_aggregate` with plain autograd.
+* on CPU (float32 / float64, eager), the upsampling and Eq. 6-8 run in one fused kernel, forward and
+  backward (:mod:`xattnres_monai.networks.blocks.xattnres_cpu`, compiled on first use): one pass per
+  output row, nothing of full resolution kept but the output, the backward recomputing the rows;
+* elsewhere (CUDA, no compiler, ``XATTNRES_FUSED_CPU=0``) Eq. 6-8 run in one autograd function
+  (:class:`_Aggregate`) whose hand-written backward reuses scratch buffers instead of storing
+  per-entry intermediates; pooling and upsampling run channels-last; in eager inference upsampled
+  entries are streamed through one buffer (see :func:`_aggregate`). The scripted / traced / exported
+  path (TorchScript, ONNX) uses the same :func:`_aggregate` with plain autograd. The tests hold both
+  implementations to the literal equations.
 """
 
 from __future__ import annotations
