@@ -160,6 +160,15 @@ def _layout(values: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[bo
     return [v if cl else v.contiguous() for v, cl in zip(values, layouts)], layouts
 
 
+def _run_items(run, items: Sequence, executor: ThreadPoolExecutor, threads: int) -> None:
+    """``run(item)`` for every item, on the pool's threads (inline when there is one thread or one item)."""
+    if threads == 1 or len(items) == 1:
+        for item in items:
+            run(item)
+    else:
+        list(executor.map(run, items))
+
+
 def _geometry(values: Sequence[torch.Tensor], layouts: Sequence[bool]) -> Tuple[List[int], torch.Tensor]:
     """Target size as (D, H, W) (D = 1 in 2D) and, per entry, (D, H, W, channels-last) as the kernel takes it."""
     sizes = [[1] * (5 - v.dim()) + list(v.shape[2:]) for v in values]
@@ -200,7 +209,7 @@ def fused_forward(query: torch.Tensor, values: Sequence[torch.Tensor], eps: floa
             sizes.data_ptr(), q.data_ptr(), eps, out[b].data_ptr(), begin, end,
         )
 
-    list(executor.map(run, items))
+    _run_items(run, items, executor, threads)
     return out
 
 
@@ -235,5 +244,5 @@ def fused_backward(
             grad_query[index].data_ptr(), begin, end,
         )
 
-    list(executor.map(run, range(len(items))))
+    _run_items(run, range(len(items)), executor, threads)
     return grad_query.sum(0).to(query.dtype), [g[0] if len(g) == 1 else torch.stack(g).sum(0) for g in grads]
