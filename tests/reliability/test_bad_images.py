@@ -83,6 +83,15 @@ def nan_pixels(path: Path) -> Tuple[Path, str]:
     return target, "NaN or Inf"
 
 
+def inf_pixels(path: Path) -> Tuple[Path, str]:
+    data = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    data[-1, -2:] = np.inf
+    target = path.with_suffix(".tif")
+    Image.fromarray(data, mode="F").save(target)
+    path.unlink()
+    return target, "NaN or Inf"
+
+
 def constant(path: Path) -> Tuple[Path, str]:
     size = Image.open(path).size
     Image.new("RGB", size, (120, 60, 50)).save(path)
@@ -108,7 +117,8 @@ def size_mismatch(path: Path) -> Tuple[Path, str]:
 
 
 IMAGE_PROBLEMS: Dict[str, Callable[[Path], Tuple[Path, str]]] = {
-    f.__name__: f for f in (zero_byte, truncated, not_an_image, multi_frame, huge_header, nan_pixels, constant, missing)
+    f.__name__: f
+    for f in (zero_byte, truncated, not_an_image, multi_frame, huge_header, nan_pixels, inf_pixels, constant, missing)
 }
 MASK_PROBLEMS: Dict[str, Callable[[Path], Tuple[Path, str]]] = {
     f.__name__: f for f in (zero_byte, truncated, multi_frame, not_binary_mask, size_mismatch, missing)
@@ -205,7 +215,7 @@ def test_bad_mask_in_datalist_is_refused(source, tmp_path, capsys, entry, proble
     assert _files(root / "bundle") == before  # no checkpoint, no report, no log folder
 
 
-@pytest.mark.parametrize("problem", ["multi_frame", "huge_header", "nan_pixels", "constant"])
+@pytest.mark.parametrize("problem", ["multi_frame", "huge_header", "nan_pixels", "inf_pixels", "constant"])
 def test_bad_image_in_release_is_refused_at_preparation(tmp_path, capsys, problem):
     """The image checks of inference (frames, size from the header, NaN, constant) also guard data preparation."""
     from xattnres_monai.data.images import main
