@@ -28,7 +28,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -160,15 +160,6 @@ def _layout(values: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[bo
     return [v if cl else v.contiguous() for v, cl in zip(values, layouts)], layouts
 
 
-def _run_items(run, items: Sequence, executor: ThreadPoolExecutor, threads: int) -> None:
-    """``run(item)`` for every item, on the pool's threads (inline when there is one thread or one item)."""
-    if threads == 1 or len(items) == 1:
-        for item in items:
-            run(item)
-    else:
-        list(executor.map(run, items))
-
-
 def _geometry(values: Sequence[torch.Tensor], layouts: Sequence[bool]) -> Tuple[List[int], torch.Tensor]:
     """Target size as (D, H, W) (D = 1 in 2D) and, per entry, (D, H, W, channels-last) as the kernel takes it."""
     sizes = [[1] * (5 - v.dim()) + list(v.shape[2:]) for v in values]
@@ -188,28 +179,60 @@ def _split(batch: int, rows: int, threads: int) -> List[Tuple[int, int, int, int
     return [(b, k, bounds[k], bounds[k + 1]) for b in range(batch) for k in range(chunks)]
 
 
-def fused_forward(query: torch.Tensor, values: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
-    """Eq. 6-8 (with the upsampling of Eq. 4) on ``values`` (entries not yet upsampled, ``x`` last)."""
+class _Launch(NamedTuple):
+    """What a forward or backward call of the kernel needs, shared by both."""
+
+    kernels: Tuple[Any, Any]  # (forward, backward) of the dtype
+    values: List[torch.Tensor]
+    layouts: List[bool]
+    size: List[int]  # target (D, H, W)
+    sizes: torch.Tensor
+    query: torch.Tensor
+    executor: ThreadPoolExecutor
+    threads: int
+    items: List[Tuple[int, int, int, int]]
+
+    def arguments(self, batch: int, entries: ctypes.Array, eps: float) -> tuple:
+        """The leading kernel arguments for batch item ``batch`` (``entries``: its pointers, kept alive by the caller)."""
+        x = self.values[-1]
+        return (len(self.values), x.shape[1], *self.size, ctypes.addressof(entries), self.sizes.data_ptr(),
+                self.query.data_ptr(), eps)  # fmt: skip
+
+    def run(self, fn: Callable[[int], None]) -> None:
+        """``fn(index)`` for every work item, on the pool's threads (inline with one thread or one item)."""
+        if self.threads == 1 or len(self.items) == 1:
+            for index in range(len(self.items)):
+                fn(index)
+        else:
+            list(self.executor.map(fn, range(len(self.items))))
+
+
+def _launch(query: torch.Tensor, values: Sequence[torch.Tensor]) -> _Launch:
     library = _load()
     assert library is not None
     values, layouts = _layout(values)
     x = values[-1]
-    (depth, height, width), sizes = _geometry(values, layouts)
-    q = query.detach().to(x.dtype).contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    kernel = library.xattnres_forward_f32 if x.dtype == torch.float32 else library.xattnres_forward_f64
+    size, sizes = _geometry(values, layouts)
+    suffix = "f32" if x.dtype == torch.float32 else "f64"
     executor, threads = _threads()
-    items = _split(x.shape[0], depth * height, threads)
+    return _Launch(
+        kernels=(getattr(library, "xattnres_forward_" + suffix), getattr(library, "xattnres_backward_" + suffix)),
+        values=values, layouts=layouts, size=size, sizes=sizes, query=query.detach().to(x.dtype).contiguous(),
+        executor=executor, threads=threads, items=_split(x.shape[0], size[0] * size[1], threads),
+    )  # fmt: skip
 
-    def run(item: Tuple[int, int, int, int]) -> None:
-        b, _, begin, end = item
-        entries = _pointers([v[b] for v in values])
-        kernel(
-            len(values), x.shape[1], depth, height, width, ctypes.addressof(entries),
-            sizes.data_ptr(), q.data_ptr(), eps, out[b].data_ptr(), begin, end,
-        )
 
-    _run_items(run, items, executor, threads)
+def fused_forward(query: torch.Tensor, values: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
+    """Eq. 6-8 (with the upsampling of Eq. 4) on ``values`` (entries not yet upsampled, ``x`` last)."""
+    launch = _launch(query, values)
+    out = torch.empty_like(launch.values[-1], memory_format=torch.contiguous_format)
+
+    def run(index: int) -> None:
+        b, _, begin, end = launch.items[index]
+        entries = _pointers([v[b] for v in launch.values])
+        launch.kernels[0](*launch.arguments(b, entries, eps), out[b].data_ptr(), begin, end)
+
+    launch.run(run)
     return out
 
 
@@ -217,32 +240,25 @@ def fused_backward(
     query: torch.Tensor, values: Sequence[torch.Tensor], eps: float, grad: torch.Tensor
 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """Gradients of :func:`fused_forward` with respect to ``query`` and every entry of ``values``."""
-    library = _load()
-    assert library is not None
-    values, layouts = _layout(values)
-    x = values[-1]
-    grad = grad.contiguous()
-    (depth, height, width), sizes = _geometry(values, layouts)
-    q = query.detach().to(x.dtype).contiguous()
-    executor, threads = _threads()
-    items = _split(x.shape[0], depth * height, threads)
-    chunks = max(k for _, k, _, _ in items) + 1
-    same = [v.shape == x.shape and not cl for v, cl in zip(values, layouts)]
+    launch = _launch(query, values)
+    x, grad = launch.values[-1], grad.contiguous()
+    chunks = max(k for _, k, _, _ in launch.items) + 1
+    same = [v.shape == x.shape and not cl for v, cl in zip(launch.values, launch.layouts)]
     # same-size channels-first entries: every row written by exactly one item; the others: accumulated (in their
     # own layout), one buffer per row chunk (chunks of one batch item scatter into overlapping source rows)
-    grads = [[torch.empty_like(v)] if s else [torch.zeros_like(v) for _ in range(chunks)] for v, s in zip(values, same)]
-    grad_query = torch.zeros(len(items), x.shape[1], dtype=torch.float64)
-    kernel = library.xattnres_backward_f32 if x.dtype == torch.float32 else library.xattnres_backward_f64
+    grads = [
+        [torch.empty_like(v)] if s else [torch.zeros_like(v) for _ in range(chunks)] for v, s in zip(launch.values, same)
+    ]
+    grad_query = torch.zeros(len(launch.items), x.shape[1], dtype=torch.float64)
 
     def run(index: int) -> None:
-        b, k, begin, end = items[index]
-        entries = _pointers([v[b] for v in values])
+        b, k, begin, end = launch.items[index]
+        entries = _pointers([v[b] for v in launch.values])
         targets = _pointers([g[0][b] if s else g[k][b] for g, s in zip(grads, same)])
-        kernel(
-            len(values), x.shape[1], depth, height, width, ctypes.addressof(entries),
-            sizes.data_ptr(), q.data_ptr(), eps, grad[b].data_ptr(), ctypes.addressof(targets),
+        launch.kernels[1](
+            *launch.arguments(b, entries, eps), grad[b].data_ptr(), ctypes.addressof(targets),
             grad_query[index].data_ptr(), begin, end,
-        )
+        )  # fmt: skip
 
-    _run_items(run, range(len(items)), executor, threads)
+    launch.run(run)
     return grad_query.sum(0).to(query.dtype), [g[0] if len(g) == 1 else torch.stack(g).sum(0) for g in grads]
