@@ -120,6 +120,15 @@ def _compare_float32_implementations():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_empty_batch(implementation):
+    block = XAttnRes(2, 4, [8, 4])
+    x = torch.randn(0, 4, 8, 8, requires_grad=True)
+    history = [torch.randn(0, 8, 16, 16, requires_grad=True), torch.randn(0, 4, 4, 4, requires_grad=True)]
+    out = block(x, history)
+    out.sum().backward()
+    assert out.shape == x.shape and history[0].grad.shape == history[0].shape and block.query.grad.abs().sum() == 0
+
+
 def test_fused_kernel_missing_compiler_falls_back_with_a_warning(tmp_path):
     """Without a compiler the block warns once and runs the PyTorch formulation (checked in a fresh process)."""
     import subprocess

@@ -174,7 +174,7 @@ def _pointers(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
 def _split(batch: int, rows: int, threads: int) -> List[Tuple[int, int, int, int]]:
     """Work items (batch index, chunk index, first row, end row): whole batch items when there are enough of
     them for the threads, otherwise each item cut into ``ceil(threads / batch)`` row chunks."""
-    chunks = 1 if batch >= threads else min(rows, -(-threads // batch))
+    chunks = 1 if batch >= threads or batch == 0 else min(rows, -(-threads // batch))
     bounds = [rows * k // chunks for k in range(chunks + 1)]
     return [(b, k, bounds[k], bounds[k + 1]) for b in range(batch) for k in range(chunks)]
 
@@ -242,7 +242,7 @@ def fused_backward(
     """Gradients of :func:`fused_forward` with respect to ``query`` and every entry of ``values``."""
     launch = _launch(query, values)
     x, grad = launch.values[-1], grad.contiguous()
-    chunks = max(k for _, k, _, _ in launch.items) + 1
+    chunks = max((k for _, k, _, _ in launch.items), default=0) + 1
     same = [v.shape == x.shape and not cl for v, cl in zip(launch.values, launch.layouts)]
     # same-size channels-first entries: every row written by exactly one item; the others: accumulated (in their
     # own layout), one buffer per row chunk (chunks of one batch item scatter into overlapping source rows)
