@@ -52,7 +52,7 @@ struct Entry {
   int64_t stride_c, stride_d, stride_h, stride_w;
   bool same;        // same size as the target and channels-first: read and written in place
   bool direct;      // same width and channels-first: rows read in place (interpolated along D and H only)
-  std::vector<int64_t> w0, w1;  // per target column: source columns and weights
+  std::vector<int64_t> w0, w1;  // per target column: source columns and weights (entries interpolated along W)
   std::vector<T> lw0, lw1;
 
   // up to 4 (2D: 2) weighted source rows for target row (d, h); equal rows are merged, zero weights dropped
@@ -100,7 +100,7 @@ std::vector<Entry<T>> make_entries(int num, int64_t C, const T* const* data, T* 
     e.stride_c = channels_last ? 1 : e.D * e.H * e.W;
     e.same = !channels_last && e.D == TD && e.H == TH && e.W == TW;
     e.direct = !channels_last && e.W == TW;
-    if (!e.same) {
+    if (!e.same && !e.direct) {  // the W tables of entries read through the row cache
       e.w0.resize(TW);
       e.w1.resize(TW);
       e.lw0.resize(TW);

@@ -148,7 +148,7 @@ def _threads() -> Tuple[ThreadPoolExecutor, int]:
     return _executor[2], threads
 
 
-def _channels_last(v: torch.Tensor) -> bool:
+def _is_channels_last(v: torch.Tensor) -> bool:
     return v.is_contiguous(memory_format=torch.channels_last if v.dim() == 4 else torch.channels_last_3d)
 
 
@@ -156,7 +156,7 @@ def _layout(values: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[bo
     """The entries as the kernel reads them: channels-first contiguous, or channels-last contiguous (the layout the
     1x1 projections and the pooling produce fastest; the kernel transposes those at low resolution). ``x`` (last)
     and the output are channels-first."""
-    layouts = [_channels_last(v) and not v.is_contiguous() for v in values[:-1]] + [False]
+    layouts = [_is_channels_last(v) and not v.is_contiguous() for v in values[:-1]] + [False]
     return [v if cl else v.contiguous() for v, cl in zip(values, layouts)], layouts
 
 
