@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow benchmark summary clean
+.PHONY: venv demo test test-slow benchmark summary clean corpus
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 # pytest exits 5 when nothing is marked slow: not a failure
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# real-file test corpus (tests/corpus.py), into $XATTNRES_CORPUS or ~/.cache/xattnres_monai/corpus
+corpus: $(STAMP)
+	$(PY) -m tests.corpus fetch
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/xattnres_overhead.py

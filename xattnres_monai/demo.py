@@ -42,11 +42,12 @@ def _bundle(configs: Sequence[str], bundle_root: Path, extra: Sequence[str]) -> 
 
 def save_overlay(scan: Path, mask: Path, png: Path) -> None:
     """An RGB PNG of the axial slice with the most foreground, organs coloured over the CT window."""
-    import nibabel as nib
     from skimage.io import imsave
 
-    ct = np.asanyarray(nib.load(str(scan)).dataobj).astype(np.float32)
-    labels = np.asanyarray(nib.load(str(mask)).dataobj).astype(np.int64)
+    from xattnres_monai.data.inputs import read_volume
+
+    ct = np.asarray(read_volume(scan).data, dtype=np.float32)
+    labels = np.asarray(read_volume(mask).data).astype(np.int64)
     z = int(np.argmax((labels > 0).sum(axis=(0, 1))))
     grey = np.clip((ct[:, :, z] + 125.0) / 400.0, 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=-1)

@@ -341,6 +341,6 @@ def empty_folder(path: Path, reference: Path) -> Path:
 #: problems only a scan given to inference can have (DICOM series folders).
 BAD_DICOM = [
     Bad("dicom_two_series", dicom_two_series, "2 DICOM series"),
-    Bad("dicom_corrupt", dicom_corrupt, "holds no DICOM series"),
+    Bad("dicom_corrupt", dicom_corrupt, "slice000.dcm: not a DICOM file"),
     Bad("dicom_empty_folder", empty_folder, "holds no DICOM series"),
 ]

@@ -332,9 +332,10 @@ def test_bad_checkpoint_is_refused_before_any_output(source, tmp_path, entry, pr
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"in_channels": 0}, "all channel counts must be positive"),
-        ({"out_channels": 0}, "all channel counts must be positive"),
-        ({"spatial_dims": "2"}, "spatial_dims must be 2 or 3, got '2'"),
+        ({"in_channels": 0}, "in_channels must be an integer >= 1, got 0"),
+        ({"out_channels": 0}, "out_channels must be an integer >= 1, got 0"),
+        ({"spatial_dims": "two"}, "spatial_dims must be an integer, got 'two'"),  # "2" is parsed (tests/test_options.py)
+        ({"spatial_dims": 4}, "spatial_dims must be 2 or 3, got 4"),
         ({"skip": False, "dca": True}, "dca=True refines the skip connections"),
     ],
 )

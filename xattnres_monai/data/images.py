@@ -752,37 +752,23 @@ def checked_image_datalist(datalist: PathLike, key: str, also_check: Sequence[st
 
         "train_datalist": "$xattnres_monai.data.images.checked_image_datalist(@datalist, 'training', ['validation'])"
     """
-    path = Path(datalist)
+    from xattnres_monai.data.inputs import load_datalist  # the one datalist reader
+
     errors: List[InputError] = []
     result: List[Dict[str, Any]] = []
     with exit_on_user_error():
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "datalist file does not exist") from None
-        except (OSError, ValueError) as err:
-            raise InputError(path, f"cannot read datalist JSON ({err})") from None
         for subset in [key, *[k for k in also_check if k != key]]:
-            entries = content.get(subset) if isinstance(content, dict) else None
-            if not isinstance(entries, list) or not entries:
-                errors.append(InputError(path, f"no '{subset}' items (expected a list of {{'image', 'label'}} items)"))
+            try:
+                items = load_datalist(datalist, subset, check=False)
+            except InputError as err:
+                errors += getattr(err, "errors", [err])
                 continue
-            items = []
-            for entry in entries:
-                if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
-                    entry.get("label"), str
-                ):
-                    errors.append(InputError(path, f"'{subset}' item {entry!r} needs 'image' and 'label' paths"))
-                    continue
-                item = dict(entry)
-                for k in ("image", "label"):
-                    item[k] = str(path.parent / item[k]) if not os.path.isabs(item[k]) else item[k]
+            for item in items:
                 missing = [k for k in ("image", "label") if not os.path.isfile(item[k])]
                 errors += [InputError(item[k], "no such file (listed in the datalist)") for k in missing]
                 if not missing:
                     pair = Pair(str(item.get("case", Path(item["image"]).stem)), Path(item["image"]), Path(item["label"]))
                     errors += check_pair(pair)
-                items.append(item)
             if subset == key:
                 result = items
         raise_if_any(errors)

@@ -1,21 +1,20 @@
-"""Read and check the volumes every entry point takes in, before any of them is processed.
+"""The one input layer of every entry point: read and check NIfTI volumes and DICOM series, datalists and scans.
 
-One reader (:func:`read_volume`: a NIfTI file or a DICOM series folder) and one set of checks, shared by
-the data preparation (:mod:`xattnres_monai.data.synapse`), the bundles' training and evaluation datalists
-(:func:`load_datalist`) and inference (:func:`check_scan`, :class:`InferenceInputs`):
+Preparation, training, evaluation, inference and MONAI Label all take their volumes through here:
 
-- the file exists, is not empty, has a supported type (``.nii`` / ``.nii.gz``, or a folder of one DICOM series);
-- the header is readable and describes one 3D volume (a trailing 4th axis of length 1 is accepted), not empty
-  and not larger than ``max_voxels`` (:data:`MAX_VOXELS` by default): checked from the header, *before* the
-  voxels are read, so a huge file cannot exhaust memory;
-- the voxels are readable (a truncated gzip stream only shows when all data is read);
-- an image is finite (no NaN / Inf) and not constant; a label holds integers in ``0..max_label``;
-- an image and its label have the same shape and affine (within :data:`AFFINE_ATOL`).
+- :func:`read_header` checks what can be checked without decoding voxels: the file exists, is not empty, has a
+  supported type (``.nii`` / ``.nii.gz``, or a folder of one DICOM series), its header describes one 3D volume (a
+  trailing 4th axis of length 1 is accepted) within ``max_voxels``; a DICOM series passes the integrity checks of
+  :mod:`xattnres_monai.data.dicom` (every slice complete and of one series, no gap). Run on every item of a datalist
+  or an inference run before anything is processed, so that all such problems are reported at once.
+- :func:`read_volume` decodes a volume **once**, with MONAI's ``LoadImage`` (``NibabelReader`` / ``ITKReader``), so
+  the array, affine and metadata are MONAI's; :class:`~xattnres_monai.transforms.LoadVolumed` is the MONAI transform
+  the bundles use in place of ``LoadImaged``, and it checks the loaded arrays with :func:`image_errors` (finite, not
+  constant) and :func:`label_errors` (integers in the class map): the array that was checked is the array used.
+- :func:`load_datalist` is the one datalist reader; :class:`InferenceInputs` collects the scans of a run.
 
 Every problem is an :class:`~xattnres_monai.utils.files.InputError`: one line, ``"<file>: <problem>"``. Commands
 that take many files report all of them; inference still processes the good scans.
-
-This module imports neither MONAI nor torch, so the data-preparation command starts quickly.
 """
 
 from __future__ import annotations
@@ -37,12 +36,14 @@ __all__ = [
     "InferenceInputs",
     "Volume",
     "check_pair",
-    "check_scan",
     "checked_datalist",
     "image_errors",
     "label_errors",
     "load_datalist",
     "output_path_for",
+    "pair_errors",
+    "read_header",
+    "read_pair",
     "read_volume",
 ]
 
@@ -60,12 +61,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Volume:
-    """A checked 3D volume: ``shape`` and ``affine`` (RAS, 4 x 4) from the header, ``data`` (x, y, z) if loaded."""
+    """A checked 3D volume: ``shape`` and ``affine`` (RAS, 4 x 4), ``data`` (x, y, z) once loaded.
+
+    ``data`` is the :class:`~monai.data.MetaTensor` that MONAI's ``LoadImage`` returns (float32, metadata with the
+    affine and ``filename_or_obj``), so the array that was checked is the array that is used.
+    """
 
     path: Path
     shape: Tuple[int, int, int]
     affine: np.ndarray
-    data: Optional[np.ndarray] = None
+    data: Optional[Any] = None
+    #: the slice files of a DICOM series, in the order of their position along the slice normal
+    files: Tuple[Path, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------------- reading
@@ -100,114 +107,223 @@ def _spatial_shape(path: Path, shape: Sequence[int], max_voxels: Optional[int]) 
     return spatial  # type: ignore[return-value]
 
 
-def _read_nifti(path: Path, max_voxels: Optional[int], load: bool) -> Volume:
+def _nifti_header(path: Path, max_voxels: Optional[int]) -> Volume:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path))  # the header only: nibabel reads the voxels lazily
     except Exception as err:  # nibabel raises many types for damaged headers
         raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
-    shape = _spatial_shape(path, image.shape, max_voxels)  # from the header, before the voxels are read
-    volume = Volume(path, shape, np.asarray(image.affine, dtype=np.float64))
-    if load:
-        try:
-            volume.data = np.asanyarray(image.dataobj).reshape(shape)
-        except Exception as err:  # gzip / zlib / EOF errors of truncated or corrupt files
-            raise InputError(path, f"corrupt or truncated NIfTI data ({type(err).__name__}: {err})") from None
-    return volume
+    shape = _spatial_shape(path, image.shape, max_voxels)
+    return Volume(path, shape, np.asarray(image.affine, dtype=np.float64))
 
 
-def _read_dicom(path: Path, max_voxels: Optional[int], load: bool) -> Volume:
-    import SimpleITK as sitk
+def read_header(path: PathLike, max_voxels: Optional[int] = MAX_VOXELS) -> Volume:
+    """Check everything that can be checked without decoding the voxels, and give the volume's grid.
 
-    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" warnings to stderr
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    if not series:
-        raise InputError(path, "folder holds no DICOM series (and is not a .nii / .nii.gz file)")
-    if len(series) > 1:
-        raise InputError(path, f"folder holds {len(series)} DICOM series; give one series per folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
-    try:
-        info = sitk.ImageFileReader()
-        info.SetFileName(files[0])
-        info.ReadImageInformation()  # the first file's header: rows x columns (x frames), before any pixel is read
-        size = info.GetSize()
-        _spatial_shape(path, (size[0], size[1], len(files) * (size[2] if len(size) > 2 else 1)), max_voxels)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise InputError(path, f"cannot read DICOM series ({' '.join(str(err).split())[:200]})") from None
-    shape = _spatial_shape(path, image.GetSize(), max_voxels)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, :3] = lps_to_ras @ np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    affine[:3, 3] = lps_to_ras @ np.array(image.GetOrigin())
-    volume = Volume(path, shape, affine)
-    if load:
-        volume.data = np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))  # (z, y, x) -> (x, y, z)
-    return volume
-
-
-def read_volume(path: PathLike, max_voxels: Optional[int] = MAX_VOXELS, load: bool = True) -> Volume:
-    """Read one 3D volume (NIfTI file or DICOM series folder), checking everything that can be wrong with the file.
+    A NIfTI file: exists, not empty, a readable header describing one 3D volume (a trailing axis of length 1 is
+    accepted) within ``max_voxels``. A DICOM series folder: the series integrity checks of
+    :func:`~xattnres_monai.data.dicom.dicom_series` (every file a complete DICOM file of one series, consistent
+    geometry, no missing or duplicate slice). The voxels themselves (truncated compressed data, NaN, constant
+    images, label values) are checked when :func:`read_volume` loads them.
 
     Args:
         path: a ``.nii`` / ``.nii.gz`` file or a folder holding one DICOM series.
-        max_voxels: refuse volumes with more voxels (checked from the header, before reading); ``None``: no limit.
-        load: also read (and so check) the voxels.
+        max_voxels: refuse volumes with more voxels; ``None``: no limit.
+
+    Returns:
+        a :class:`Volume` without ``data``: ``shape`` (x, y, z) and the RAS ``affine`` MONAI's reader will give.
 
     Raises:
-        InputError: missing, zero-byte, unsupported type, unreadable header, not 3D, empty, too large, corrupt data.
-
-    Example::
-
-        >>> volume = read_volume("img0001.nii.gz")
-        >>> volume.shape, volume.data.dtype
-        ((512, 512, 147), dtype('int16'))
+        InputError: naming the file (or the slice of a series) and the problem.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if path.is_dir():
-        return _read_dicom(path, max_voxels, load)
+        if path.name.endswith(NIFTI_SUFFIXES):
+            raise InputError(path, "is a folder named like a NIfTI file; expected a .nii / .nii.gz file (or a "
+                             "DICOM series folder with another name)")  # fmt: skip
+        from xattnres_monai.data.dicom import dicom_series
+
+        series = dicom_series(path)
+        _spatial_shape(path, series.shape, max_voxels)
+        return Volume(path, series.shape, series.affine, files=series.files)
     if path.stat().st_size == 0:
         raise InputError(path, "zero-byte file")
     if not path.name.endswith(NIFTI_SUFFIXES):
         raise InputError(path, f"unsupported file type: {_SUPPORTED}")
-    return _read_nifti(path, max_voxels, load)
+    return _nifti_header(path, max_voxels)
+
+
+def read_volume(path: PathLike, max_voxels: Optional[int] = MAX_VOXELS, header: Optional[Volume] = None) -> Volume:
+    """Read one 3D volume (NIfTI file or DICOM series folder) once, with MONAI's readers, after its header checks.
+
+    The one place in the package that decodes a NIfTI file or a DICOM series. The voxels are read by MONAI's
+    ``LoadImage``: ``NibabelReader`` for NIfTI, ``ITKReader`` for a DICOM series (given exactly the slice files that
+    passed :func:`read_header`'s integrity checks, in position order), so the array, the affine and the metadata are
+    those every MONAI transform and writer expects, and masks written back land on the input's grid. A volume of one
+    slice stays 3D (x, y, 1).
+
+    Args:
+        path: a ``.nii`` / ``.nii.gz`` file or a folder holding one DICOM series.
+        max_voxels: refuse volumes with more voxels (checked from the header, before reading); ``None``: no limit.
+        header: the result of :func:`read_header` for ``path`` when the caller has it already.
+
+    Raises:
+        InputError: missing, zero-byte, unsupported type, unreadable header, not 3D, empty, too large, corrupt data,
+            a damaged DICOM series.
+
+    Example::
+
+        >>> volume = read_volume("img0001.nii.gz")
+        >>> volume.shape, volume.data.dtype
+        ((512, 512, 147), torch.float32)
+    """
+    volume = header if header is not None else read_header(path, max_voxels)
+    try:
+        data = _load(volume)
+    except Exception as err:  # gzip / zlib / EOF errors of truncated files, ITK decoding errors
+        kind = "DICOM series" if volume.files else "NIfTI data"
+        raise InputError(volume.path, f"corrupt or truncated {kind} ({type(err).__name__}: {err})") from None
+    if data.ndim == 2:  # ITK reads a series of one slice as a 2D image: keep the volume 3D, on the header's grid
+        data = data.unsqueeze(-1)
+        data.affine = volume.affine
+    elif data.ndim == 4 and data.shape[-1] == 1:  # x, y, z, 1 (a 4D NIfTI of one time point)
+        data = data[..., 0]
+    if tuple(data.shape) != volume.shape:
+        raise InputError(volume.path, f"the voxels have shape {tuple(data.shape)}, the header says {volume.shape}")
+    return Volume(volume.path, volume.shape, np.asarray(data.affine, dtype=np.float64), data, volume.files)
+
+
+def _load(volume: Volume) -> Any:
+    """Decode with the MONAI reader the header check chose, into the ``MetaTensor`` MONAI's ``LoadImage`` returns.
+
+    The reader is called as ``LoadImage`` calls it (``read`` -> ``get_data`` -> float32 ``MetaTensor`` with the
+    reader's metadata and ``filename_or_obj``); ``LoadImage`` itself is not used because it instantiates every reader
+    MONAI knows on each construction (and the optional ones log that their codecs are missing).
+    """
+    from monai.data import MetaTensor, NibabelReader
+    from monai.transforms.io.array import switch_endianness
+    from monai.utils import ImageMetaKey
+
+    from xattnres_monai.data.dicom import DicomSeriesReader
+
+    reader = DicomSeriesReader(volume.files) if volume.files else NibabelReader()
+    array, meta = reader.get_data(reader.read(str(volume.path)))
+    meta = switch_endianness(meta, "<")
+    meta[ImageMetaKey.FILENAME_OR_OBJ] = str(volume.path)
+    return MetaTensor.ensure_torch_and_prune_meta(np.asarray(array, dtype=np.float32), meta)
 
 
 # ---------------------------------------------------------------------------------------------------------- values
 
 
-def image_errors(path: PathLike, data: np.ndarray, allow_constant: bool = False) -> List[InputError]:
-    """Errors for NaN / Inf voxels and (unless ``allow_constant``) a constant image."""
-    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
-        finite = np.isfinite(data)
-        if not finite.all():
-            return [InputError(path, f"{int(finite.size - finite.sum())} NaN/Inf voxel(s) in the image")]
-    if not allow_constant and data.size and float(data.min()) == float(data.max()):
-        return [InputError(path, f"constant image (every voxel is {float(data.min()):g})")]
+def _tensor(data: Any) -> Any:
+    import torch  # not at import time: the preparation command starts without torch until it reads a volume
+
+    return data.as_tensor() if hasattr(data, "as_tensor") else torch.as_tensor(np.asarray(data))
+
+
+def _chunks(t: Any, size: int = 1 << 22) -> Any:
+    """Flat chunks of ``t``: whole-volume checks without whole-volume temporaries (memory stays at the volume's)."""
+    return t.reshape(-1).split(size)
+
+
+def image_errors(path: PathLike, data: Any, allow_constant: bool = False) -> List[InputError]:
+    """Errors for NaN / Inf voxels and (unless ``allow_constant``) a constant image (``data``: array or tensor).
+
+    One pass over the voxels: the minimum and maximum (NaN propagates into them, so do infinities) answer both.
+    """
+    import torch
+
+    t = _tensor(data)
+    if not t.numel():
+        return []
+    low, high = (float(v) for v in torch.aminmax(t.reshape(-1)))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = sum(int((~torch.isfinite(c)).sum()) for c in _chunks(t))
+        return [InputError(path, f"{bad} NaN/Inf voxel(s) in the image")]
+    if not allow_constant and low == high:
+        return [InputError(path, f"constant image (every voxel is {low:g})")]
     return []
 
 
-def label_errors(path: PathLike, data: np.ndarray, max_label: int, note: str = "") -> List[InputError]:
-    """Errors for non-integer label values (NaN included) or values outside ``0..max_label``."""
-    if np.issubdtype(data.dtype, np.floating):
-        bad = data != np.round(data)  # also catches NaN
-        if bad.any():
-            values = np.unique(data[bad])[:5].tolist()
+def label_errors(path: PathLike, data: Any, max_label: int, note: str = "") -> List[InputError]:
+    """Errors for non-integer label values (NaN included) or values outside ``0..max_label``.
+
+    The one label-value check of the package (preparation, training, evaluation and MONAI Label fine-tuning).
+    """
+    import torch
+
+    t = _tensor(data)
+    if not t.numel():
+        return []
+    if t.is_floating_point():
+        fractional = [c[c != torch.round(c)] for c in _chunks(t)]  # also catches NaN
+        if any(f.numel() for f in fractional):
+            values = torch.unique(torch.cat(fractional))[:5].tolist()
             return [InputError(path, f"non-integer label values {values}")]
-    if data.size and (data.min() < 0 or data.max() > max_label):
-        values = np.unique(data[(data < 0) | (data > max_label)])
-        shown = [int(v) for v in values[:10]]
+    low, high = (float(v) for v in torch.aminmax(t.reshape(-1)))
+    if low < 0 or high > max_label:
+        outside = torch.cat([torch.unique(c[(c < 0) | (c > max_label)]) for c in _chunks(t)])
+        shown = [int(v) for v in torch.unique(outside)[:10].tolist()]
         return [InputError(path, f"unknown label values {shown} (expected 0-{max_label}){note}")]
     return []
+
+
+def pair_errors(image: Volume, label: Volume) -> List[InputError]:
+    """Errors for an image and its label on different grids (shape, or affine beyond :data:`AFFINE_ATOL`)."""
+    if image.shape != label.shape:
+        return [InputError(label.path, f"shape {label.shape} differs from the image's {image.shape}")]
+    if not np.allclose(image.affine, label.affine, atol=AFFINE_ATOL, rtol=0):
+        return [InputError(label.path, f"affine differs from the image's (beyond {AFFINE_ATOL:g})")]
+    return []
+
+
+def read_pair(
+    image_path: PathLike,
+    label_path: PathLike,
+    max_label: int,
+    max_voxels: Optional[int] = MAX_VOXELS,
+    note: str = "",
+    load: bool = True,
+) -> Tuple[Optional[Volume], Optional[Volume], List[InputError]]:
+    """Read and check one image/label pair: both readable 3D volumes on the same grid (shape, affine within
+    :data:`AFFINE_ATOL`) and, with ``load``, a finite non-constant image and labels in ``0..max_label``.
+
+    Args:
+        image_path: the image (NIfTI file or DICOM series folder).
+        label_path: its label volume.
+        max_label: the largest valid label id.
+        max_voxels: size limit, see :func:`read_header`.
+        note: appended to the message about unknown label values.
+        load: also decode and check the voxels (else the headers only; the voxels are then checked when
+            :class:`~xattnres_monai.transforms.LoadVolumed` loads them).
+
+    Returns:
+        ``(image, label, errors)``: the volumes (with ``data`` when loaded; ``None`` when unreadable) and the errors.
+    """
+    volumes: List[Optional[Volume]] = []
+    errors: List[InputError] = []
+    for path in (image_path, label_path):
+        try:
+            volumes.append(read_header(path, max_voxels))
+        except InputError as err:
+            volumes.append(None)
+            errors.append(err)
+    image, label = volumes
+    if image is None or label is None:
+        return image, label, errors
+    errors += pair_errors(image, label)
+    if load and not errors:
+        try:
+            image, label = read_volume(image_path, header=image), read_volume(label_path, header=label)
+        except InputError as err:
+            return image, label, [err]
+        errors += image_errors(image.path, image.data)
+        errors += label_errors(label.path, label.data, max_label, note)
+    return image, label, errors
 
 
 def check_pair(
@@ -216,49 +332,18 @@ def check_pair(
     max_label: int,
     max_voxels: Optional[int] = MAX_VOXELS,
     note: str = "",
+    load: bool = True,
 ) -> Tuple[int, List[InputError]]:
-    """Check one image/label pair: both readable 3D volumes, finite non-constant image, labels in ``0..max_label``,
-    same shape and affine (``atol`` :data:`AFFINE_ATOL`).
-
-    Args:
-        image_path: the image (NIfTI file or DICOM series folder).
-        label_path: its label volume.
-        max_label: the largest valid label id.
-        max_voxels: size limit, see :func:`read_volume`.
-        note: appended to the message about unknown label values.
-
-    Returns:
-        ``(number of axial slices, errors)`` (0 slices when the pair is unusable).
+    """:func:`read_pair`, for callers that need only the verdict: ``(number of axial slices, errors)`` (0 slices
+    when the pair is unusable).
 
     Example::
 
         >>> check_pair("img/img0001.nii.gz", "label/label0001.nii.gz", max_label=13)
         (147, [])
     """
-    errors: List[InputError] = []
-    volumes = []
-    for path in (image_path, label_path):
-        try:
-            volumes.append(read_volume(path, max_voxels))
-        except InputError as err:
-            errors.append(err)
-    if errors:
-        return 0, errors
-    image, label = volumes
-    errors += image_errors(image.path, image.data)
-    errors += label_errors(label.path, label.data, max_label, note)
-    if image.shape != label.shape:
-        errors.append(InputError(label.path, f"shape {label.shape} differs from the image's {image.shape}"))
-    elif not np.allclose(image.affine, label.affine, atol=AFFINE_ATOL, rtol=0):
-        errors.append(InputError(label.path, f"affine differs from the image's (beyond {AFFINE_ATOL:g})"))
-    return (0 if errors else int(image.shape[2])), errors
-
-
-def check_scan(scan: PathLike, max_voxels: Optional[int] = MAX_VOXELS) -> None:
-    """Raise :class:`InputError` naming ``scan`` if it cannot be segmented (unreadable, not 3D, too large, one
-    DICOM series per folder, NaN/Inf or constant voxels)."""
-    volume = read_volume(scan, max_voxels)
-    raise_if_any(image_errors(volume.path, volume.data))
+    image, _, errors = read_pair(image_path, label_path, max_label, max_voxels, note, load)
+    return (0 if errors or image is None else int(image.shape[2])), errors
 
 
 # -------------------------------------------------------------------------------------------------------- datalists
@@ -281,20 +366,25 @@ def load_datalist(
     num_classes: Optional[int] = None,
     max_voxels: Optional[int] = MAX_VOXELS,
     check: bool = True,
+    keys: Sequence[str] = ("image", "label"),
 ) -> List[Dict[str, Any]]:
-    """The ``key`` subset of a MONAI datalist, paths made absolute, every image/label pair checked.
+    """The ``key`` subset of a datalist, paths made absolute, each pair's headers checked: the one datalist reader.
 
-    Paths are relative to the datalist's folder (as :func:`monai.data.load_decathlon_datalist` resolves them).
+    Reads a MONAI datalist (``{"training": [{"image", "label", ...}], ...}``, paths relative to the datalist's folder as
+    :func:`monai.data.load_decathlon_datalist` resolves them); for inference, a ``test`` / ``testing`` section or a
+    plain JSON list of paths or of ``{"image": path}`` items (``keys=("image",)``).
 
     Args:
-        datalist: the datalist JSON (``{"training": [{"image", "label", ...}], ...}``).
+        datalist: the datalist JSON.
         key: the subset (``"training"``, ``"validation"``, ``"test"``).
-        num_classes: classes including background: labels must lie in ``0..num_classes-1`` (``None``: not checked).
-        max_voxels: size limit of each volume, see :func:`read_volume`.
-        check: check each pair with :func:`check_pair` (reads every volume once).
+        num_classes: classes including background, for the message of a label check (``None``: not checked).
+        max_voxels: size limit of each volume, see :func:`read_header`.
+        check: check each item's files with :func:`read_header` and image/label grids with :func:`pair_errors` (no
+            voxel is decoded: :class:`~xattnres_monai.transforms.LoadVolumed` checks the voxels when it loads them).
+        keys: the path entries of each item; the first one is required.
 
     Raises:
-        InputError: unreadable datalist, missing or empty subset, items without image/label, or bad files (an
+        InputError: unreadable datalist, missing or empty subset, items without their paths, or bad files (an
             :class:`~xattnres_monai.utils.files.InputErrorGroup` naming every bad file).
 
     Example::
@@ -305,41 +395,36 @@ def load_datalist(
     """
     path = Path(datalist)
     content = _read_json(path)
-    if not isinstance(content, dict) or key not in content:
+    if isinstance(content, dict) and key == "test" and key not in content and "testing" in content:
+        key = "testing"  # MONAI's decathlon datalists name the section "testing"
+    if isinstance(content, list) and keys == ("image",):
+        entries = [{"image": e} if isinstance(e, str) else e for e in content]
+    elif isinstance(content, dict) and key in content:
+        entries = content[key]
+    else:
         raise InputError(path, f"datalist has no {key!r} section")
-    entries = content[key]
     if not isinstance(entries, list) or not entries:
         raise InputError(path, f"datalist section {key!r} lists no items")
     items, errors = [], []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
-            errors.append(InputError(path, f"{key}[{index}] needs 'image' and 'label' paths, got {entry!r}"))
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in keys):
+            wanted = " and ".join(repr(k) for k in keys) + (" paths" if len(keys) > 1 else " path")
+            errors.append(InputError(path, f"{key}[{index}] needs {wanted}, got {entry!r}"))
             continue
         item = dict(entry)
-        for k in ("image", "label"):
+        for k in keys:
             item[k] = os.path.normpath(os.path.join(path.parent, entry[k]))  # absolute paths are kept as they are
         items.append(item)
-    max_label = 2**31 if num_classes is None else int(num_classes) - 1
     for item in items if check else []:
-        errors += check_pair(item["image"], item["label"], max_label, max_voxels)[1]
+        if len(keys) > 1:
+            errors += check_pair(item[keys[0]], item[keys[1]], 0, max_voxels, load=False)[1]
+        else:
+            try:
+                read_header(item[keys[0]], max_voxels)
+            except InputError as err:
+                errors.append(err)
     raise_if_any(errors)
     return items
-
-
-_CHECKED: Dict[Tuple, Tuple[Tuple, List[Dict[str, Any]]]] = {}
-
-
-def _stamps(items: List[Dict[str, Any]]) -> Tuple:
-    """(path, size, mtime) of every file of ``items``: a checked subset is re-checked when one changed."""
-    stamps = []
-    for item in items:
-        for key in ("image", "label"):
-            try:
-                st = os.stat(item[key])
-                stamps.append((item[key], st.st_size, st.st_mtime_ns))
-            except OSError:
-                stamps.append((item[key], None, None))
-    return tuple(stamps)
 
 
 def checked_datalist(
@@ -350,36 +435,42 @@ def checked_datalist(
     also_check: Sequence[str] = (),
 ) -> List[Dict[str, Any]]:
     """:func:`load_datalist` for bundle configs: bad input ends the run with ``error: <file>: <problem>`` lines
-    (every bad file of ``key`` and of the ``also_check`` subsets, so that one run reports them all) and exit code 2.
+    and exit code 2.
 
-    A subset checked once in the process (same datalist and files, unchanged) is not read again.
+    The headers of every item of ``key`` and of the ``also_check`` subsets are checked (no voxel is decoded: the
+    bundle's ``LoadVolumed`` checks the voxels when it loads them, once). When a header check fails the run is over
+    anyway, so the voxels of the other items are then checked too, and one run reports every bad file.
 
     Example (``train.json``)::
 
         "train_datalist": "$xattnres_monai.data.inputs.checked_datalist(@datalist, 'training', @num_classes,
                            @max_voxels, also_check=['validation'])"
     """
-    errors = []
+    errors: List[InputError] = []
     result: List[Dict[str, Any]] = []
+    loaded: List[Dict[str, Any]] = []
     with exit_on_user_error():
-        path = Path(datalist).resolve()
-        stamp = path.stat().st_mtime_ns if path.is_file() else None
         for subset in [key, *[k for k in also_check if k != key]]:
-            memo = (str(path), stamp, subset, num_classes, max_voxels)
-            if memo in _CHECKED and _stamps(_CHECKED[memo][1]) == _CHECKED[memo][0]:
-                items = _CHECKED[memo][1]
-            else:
-                try:
-                    items = load_datalist(datalist, subset, num_classes, max_voxels)
-                except InputError as err:
-                    errors += [e for e in getattr(err, "errors", [err]) if str(e) not in map(str, errors)]
-                    continue
-                _CHECKED[memo] = (_stamps(items), items)
+            try:
+                items = load_datalist(datalist, subset, num_classes, max_voxels, check=False)
+            except InputError as err:
+                errors += getattr(err, "errors", [err])
+                continue
+            loaded += items
             if subset == key:
                 result = items
-        raise_if_any(errors)
+        for item in loaded:
+            errors += check_pair(item["image"], item["label"], 0, max_voxels, load=False)[1]
+        if errors:
+            bad = {e.path for e in errors}
+            max_label = 2**31 if num_classes is None else int(num_classes) - 1
+            for item in loaded:
+                if item["image"] not in bad and item["label"] not in bad:
+                    errors += check_pair(item["image"], item["label"], max_label, max_voxels)[1]
+        unique: Dict[str, InputError] = {str(e): e for e in errors}
+        raise_if_any(list(unique.values()))
     logger.info(f"{datalist}: {len(result)} {key} item(s) checked")
-    return [dict(item) for item in result]
+    return result
 
 
 # -------------------------------------------------------------------------------------------------------- inference
@@ -392,8 +483,9 @@ class InferenceInputs:
     (except hidden ones, and the output folder when it lies inside) are failures ("unsupported file type"), so that
     no input is silently left out. A datalist is a JSON list of paths or of ``{"image": path}`` items, or a MONAI
     datalist with a ``"test"`` (or ``"testing"``) section. Scans whose output already exists are skipped unless
-    ``overwrite``; scans that fail :func:`check_scan` are recorded in :attr:`failures` (file and reason) and the
-    others still run; two scans that would write the same output are a failure for the second. A missing or empty
+    ``overwrite``; scans that fail :func:`read_header` (the checks that need no decoding, DICOM series integrity
+    included) are recorded in :attr:`failures` (file and reason) and the others still run; the voxel checks run when
+    :class:`~xattnres_monai.data.datasets.InferenceDataset` loads a scan, and a scan failing them is recorded there; two scans that would write the same output are a failure for the second. A missing or empty
     input folder or an unreadable datalist is a failure too (no scan runs). The failures are reported at the end of
     the run by :class:`xattnres_monai.handlers.report.InferenceReport`, which then exits with code 2.
 
@@ -406,7 +498,7 @@ class InferenceInputs:
         datalist: path of a JSON list of scans.
         overwrite: replace existing outputs.
         postfix: output name postfix.
-        max_voxels: refuse larger scans (from the header, before loading them), see :func:`read_volume`.
+        max_voxels: refuse larger scans (from the header, before loading them), see :func:`read_header`.
 
     Attributes:
         items: ``[{"image": scan, "output": mask path}]`` for the scans to process.
@@ -434,8 +526,8 @@ class InferenceInputs:
         return entry.is_dir() or entry.name.endswith(NIFTI_SUFFIXES)
 
     def check(self, scan: str) -> None:
-        """Raise :class:`InputError` naming ``scan`` if it cannot be segmented."""
-        check_scan(scan, self.max_voxels)
+        """Raise :class:`InputError` naming ``scan`` (or its damaged slice) if its header shows it cannot be used."""
+        read_header(scan, self.max_voxels)
 
     def outputs_for(self, scan: str) -> Dict[str, str]:
         """The item keys and paths of the files written for ``scan`` (empty paths are not written)."""
@@ -474,8 +566,9 @@ class InferenceInputs:
             logger.warning(f"{scan}: skipped, {reason}")
 
     def _fail(self, err: InputError) -> None:
-        self.failures.append((err.path, err.problem))
-        logger.error(str(err))
+        for one in getattr(err, "errors", [err]):
+            self.failures.append((one.path, one.problem))
+            logger.error(str(one))
 
     def _list_scans(self, dataset_dir: Optional[str], datalist: Optional[str]) -> List[str]:
         if datalist:
@@ -501,15 +594,4 @@ class InferenceInputs:
 
     @staticmethod
     def _read_datalist(datalist: str) -> List[str]:
-        path = Path(datalist)
-        content = _read_json(path)
-        if isinstance(content, dict):
-            content = content.get("test", content.get("testing", []))
-        scans = []
-        for entry in content if isinstance(content, list) else []:
-            scan = entry.get("image") if isinstance(entry, dict) else entry
-            if isinstance(scan, str):
-                scans.append(scan if os.path.isabs(scan) else str(path.parent / scan))
-        if not scans:
-            raise InputError(path, "datalist lists no scans (expected a list of paths or {'image': path} items)")
-        return scans
+        return [item["image"] for item in load_datalist(datalist, "test", check=False, keys=("image",))]

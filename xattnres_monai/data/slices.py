@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from monai.data import CacheDataset
+from xattnres_monai.data.datasets import CheckedCacheDataset
 from monai.transforms import apply_transform
 from torch.utils.data import Dataset
 
@@ -46,11 +46,24 @@ class SliceDataset(Dataset):
         slice_dim: int = 2,
         num_workers: int = 1,
     ) -> None:
+        from xattnres_monai.utils.options import as_int  # options as a command line passes them
+
+        if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
+            raise ValueError(f"SliceDataset: data must be a list of datalist items, got {type(data).__name__}.")
+        if not callable(volume_transform):
+            raise ValueError(f"SliceDataset: volume_transform must be callable, got {volume_transform!r}.")
+        if slice_transform is not None and not callable(slice_transform):
+            raise ValueError(f"SliceDataset: slice_transform must be callable or None, got {slice_transform!r}.")
+        keys = (keys,) if isinstance(keys, str) else keys  # one key, as MONAI's KeysCollection allows
+        if not isinstance(keys, Sequence) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"SliceDataset: keys must be a non-empty list of item keys, got {keys!r}.")
+        slice_dim = as_int(slice_dim, "SliceDataset: slice_dim", min=0, max=2)
+        num_workers = None if num_workers is None else as_int(num_workers, "SliceDataset: num_workers", min=0)
         self.keys = tuple(keys)
         self.slice_dim = slice_dim
         self.slice_transform = slice_transform
         # copy_cache=False: slices are read-only views of the cached volume, never modified in place
-        self.volumes = CacheDataset(
+        self.volumes = CheckedCacheDataset(
             data, volume_transform, cache_rate=1.0, num_workers=num_workers, copy_cache=False, progress=False
         )
         self.index: List[Tuple[int, int]] = []

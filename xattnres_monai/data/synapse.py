@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import ExitStack, suppress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ import nibabel as nib
 import numpy as np
 
 from xattnres_monai.data.inputs import AFFINE_ATOL  # noqa: F401 (re-exported: the tolerance of the pair checks)
-from xattnres_monai.data.inputs import MAX_VOXELS, check_pair, image_errors, label_errors
+from xattnres_monai.data.inputs import MAX_VOXELS, check_pair, image_errors, label_errors, read_pair
 from xattnres_monai.utils.files import (
     InputError,
     atomic_write,
@@ -260,15 +261,22 @@ def remap_btcv_label(label: np.ndarray) -> np.ndarray:
     return lut[np.asarray(label).astype(np.intp)]
 
 
-def _write_remapped_label(label_path: Path, output: Path, overwrite: bool) -> None:
-    label = nib.load(str(label_path))
-    data = remap_btcv_label(np.asanyarray(label.dataobj))
-    header = label.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(data, label.affine, header)
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders of ``folders`` (deepest first) that exist and are empty: staging left nothing behind."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
+
+
+def _write_remapped_label(label: Any, output: Path, stack: ExitStack, overwrite: bool) -> None:
+    """Write the 9-class label of a checked BTCV label volume (as read by :func:`~xattnres_monai.data.inputs.
+    read_volume`: the one decode) to a temporary file that ``stack`` moves to ``output`` when it closes without an
+    error (and removes otherwise): nothing is written unless every case passed its checks."""
+    data = remap_btcv_label(np.asarray(label.data))
+    image = nib.Nifti1Image(data, label.affine)
+    image.header.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1, 0)
-    with atomic_write(output, overwrite=overwrite) as tmp:
-        nib.save(image, str(tmp))
+    nib.save(image, str(stack.enter_context(atomic_write(output, overwrite=overwrite))))
 
 
 # --------------------------------------------------------------------------------------------- TransUNet preprocessed
@@ -587,21 +595,28 @@ def prepare_synapse(
     check_writable([output, *writes], overwrite=overwrite)
 
     slices: Dict[str, int] = {}
-    for case, source in sources.items():
-        if fmt == "btcv":
-            slices[case], case_errors = check_btcv_case(*source, max_voxels=max_voxels)
-            errors += case_errors
-        else:
+    if fmt == "btcv":
+        # each volume is decoded once: checked, and its label remapped into a temporary file committed at the end
+        label_dir = out_dir / "labels_9class"
+        new_dirs = [d for d in (label_dir, *label_dir.parents) if not d.exists()]  # removed again if a case fails
+        with ExitStack() as staged:
+            staged.callback(_remove_empty, new_dirs)
+            for case, source in sources.items():
+                image, label, case_errors = read_pair(*source, max_label=max(BTCV_TO_SYNAPSE), max_voxels=max_voxels)
+                errors += case_errors
+                if not case_errors and image is not None:
+                    slices[case] = int(image.shape[2])
+                    _write_remapped_label(label, targets[case][1], staged, overwrite)
+                del image, label
+            raise_if_any(errors)
+    else:
+        for case, source in sources.items():
             try:
                 slices[case] = int(load_transunet_case(source, max_voxels)[0].shape[0])
             except InputError as err:
                 errors += getattr(err, "errors", [err])
-    raise_if_any(errors)
-
-    for case, source in sources.items():
-        if fmt == "btcv":
-            _write_remapped_label(source[1], targets[case][1], overwrite)
-        else:
+        raise_if_any(errors)
+        for case, source in sources.items():
             _write_transunet_case(source, *targets[case], overwrite, max_voxels)
     datalist: Dict[str, Any] = {
         "name": "Synapse multi-organ CT",

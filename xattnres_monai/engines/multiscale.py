@@ -65,6 +65,14 @@ class MultiScalePrepareBatch(PrepareBatch):
     def __init__(
         self, base_size: Union[int, Sequence[int]] = 352, rates: Sequence[float] = (0.75, 1.0, 1.25), multiple: int = 32
     ) -> None:
+        from xattnres_monai.utils.options import as_float_sequence, as_int, as_int_sequence  # command-line values
+
+        if isinstance(base_size, (list, tuple)):
+            base_size = as_int_sequence(base_size, "MultiScalePrepareBatch: base_size", min=1, min_length=1)
+        else:
+            base_size = as_int(base_size, "MultiScalePrepareBatch: base_size", min=1)
+        rates = as_float_sequence(rates, "MultiScalePrepareBatch: rates", min=0.0, min_open=True, min_length=1)
+        multiple = as_int(multiple, "MultiScalePrepareBatch: multiple", min=1)
         self.sizes = multiscale_sizes(base_size, rates, multiple)
 
     def sample_size(self) -> Tuple[int, ...]:

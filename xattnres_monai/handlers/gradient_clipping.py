@@ -28,6 +28,10 @@ class GradientClipping:
     """
 
     def __init__(self, clip: float = 0.5, mode: str = "value") -> None:
+        from xattnres_monai.utils.options import as_choice, as_float  # options as a command line passes them
+
+        clip = as_float(clip, "GradientClipping: clip", min=0.0, min_open=True)
+        mode = as_choice(mode, "GradientClipping: mode", CLIP_MODES)
         if mode not in CLIP_MODES:
             raise ValueError(f"mode must be one of {CLIP_MODES}, got {mode!r}")
         if clip <= 0:

@@ -53,6 +53,15 @@ class BinarySegmentationReport:
         label_key: str = "label",
         overwrite: bool = False,
     ) -> None:
+        from xattnres_monai.utils.options import as_int_sequence  # options as a command line passes them
+
+        if isinstance(flops_input_shape, (list, tuple)) and not flops_input_shape:
+            flops_input_shape = None
+        if flops_input_shape is not None:
+            flops_input_shape = as_int_sequence(
+                flops_input_shape, "BinarySegmentationReport: flops_input_shape", min=1, min_length=3
+            )
+        overwrite = as_bool(overwrite, "BinarySegmentationReport: overwrite")
         self.output_dir = Path(output_dir)
         self.flops_input_shape = tuple(flops_input_shape) if flops_input_shape else None
         self.pred_key = pred_key

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 
-from xattnres_monai.data.inputs import InferenceInputs, read_volume
+from xattnres_monai.data.inputs import InferenceInputs
 from xattnres_monai.handlers.resume import exit_on_user_errors
 from xattnres_monai.metrics import CONVENTIONS, evaluate_case, write_reports
 from xattnres_monai.utils.files import InputError, as_bool, check_writable
@@ -37,6 +37,7 @@ class InferenceReport:
     """
 
     def __init__(self, inputs: InferenceInputs, exit_on_failure: bool = True) -> None:
+        exit_on_failure = as_bool(exit_on_failure, "InferenceReport: exit_on_failure")
         self.inputs = inputs
         self.exit_on_failure = exit_on_failure
 
@@ -45,7 +46,7 @@ class InferenceReport:
         failed = {path for path, _ in failures}
         written = []
         for item in self.inputs.items:
-            if item["output"] in failed:
+            if item["output"] in failed or item["image"] in failed:
                 continue
             if os.path.isfile(item["output"]):
                 written.append(item["output"])
@@ -66,7 +67,8 @@ class SegmentationReport:
     """Per-case, per-organ Dice / HD95 / IoU of an evaluation run, in both conventions, written at the end.
 
     On every iteration the predicted label map (inverted to the scan's original grid) is compared
-    with the ground-truth file read from disk (the exact original grid, no resampling), using
+    with the ground truth as it was loaded (``<label_key>_original`` of the batch, kept by
+    :class:`~xattnres_monai.transforms.LoadVolumed`: the exact original grid, no resampling), using
     :func:`xattnres_monai.metrics.evaluate_case` in the ``"literature"`` and ``"physical"``
     conventions. At completion :func:`xattnres_monai.metrics.write_reports` writes
     ``per_case_<convention>.csv``, ``summary.csv`` and ``summary.md`` (Table-1 columns) atomically, and
@@ -76,8 +78,10 @@ class SegmentationReport:
         output_dir: folder of the reports.
         num_classes: classes including background.
         pred_key: item key of the prediction (class ids or one-hot / probabilities, channel first).
-        label_key: batch key whose ``filename_or_obj`` metadata names the ground-truth file.
+        label_key: the label key; the batch must hold ``<label_key>_original``.
         overwrite: replace existing reports.
+        class_names: the name of every class, background first (default: the Synapse organs for 9 classes, else
+            ``class<i>``); a prepared dataset's ``classes.json`` overlay sets it.
     """
 
     def __init__(
@@ -87,9 +91,18 @@ class SegmentationReport:
         pred_key: str = "pred",
         label_key: str = "label",
         overwrite: bool = False,
+        class_names: Optional[Sequence[str]] = None,
     ) -> None:
+        from xattnres_monai.utils.options import as_int  # options as a command line passes them
+
+        num_classes = as_int(num_classes, "SegmentationReport: num_classes", min=2)
+        overwrite = as_bool(overwrite, "SegmentationReport: overwrite")
+        if class_names is not None and (isinstance(class_names, str) or len(class_names) != num_classes):
+            raise ValueError(f"SegmentationReport: class_names must name all {num_classes} classes, background "
+                             f"first, got {class_names!r}")  # fmt: skip
         self.output_dir = output_dir
         self.num_classes = num_classes
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
         self.pred_key = pred_key
         self.label_key = label_key
         self.overwrite = as_bool(overwrite, "overwrite")
@@ -108,24 +121,22 @@ class SegmentationReport:
         self.rows.clear()
 
     def collect(self, engine: Engine) -> None:
-        # the label file is taken from the input batch: after ``Invertd`` the label's metadata is the image's
-        # (MONAI engines keep the decollated input items in ``state.batch``)
+        # the ground truth is the label as loaded (``LoadVolumed(keep_original=[label_key])``: read and checked once,
+        # on its own grid, not resampled); the prediction was inverted to that grid by ``Invertd``
         for item, source in zip(engine.state.output, engine.state.batch):
-            label_file = source[self.label_key].meta["filename_or_obj"]
+            original = source[f"{self.label_key}_original"]
+            label_file = original.meta["filename_or_obj"]
             pred = item[self.pred_key]
             pred = pred.argmax(0) if pred.shape[0] > 1 else pred[0]
-            volume = read_volume(label_file, max_voxels=None)
-            label = volume.data.astype(np.int64)
-            if label.min() < 0 or label.max() >= self.num_classes:
-                values = f"label values {int(label.min())}..{int(label.max())}"
-                raise InputError(label_file, f"{values} outside the class map 0..{self.num_classes - 1}")
+            label = original.as_tensor().numpy().astype(np.int64)
             if tuple(pred.shape) != label.shape:
                 raise InputError(label_file, f"prediction shape {tuple(pred.shape)} != label shape {label.shape}")
-            spacing = affine_to_spacing(torch.as_tensor(volume.affine), r=3).tolist()
+            spacing = affine_to_spacing(torch.as_tensor(original.affine), r=3).tolist()
             case = str(item.get("case", label_file))
             pred_np = torch.as_tensor(pred).cpu().numpy().astype(np.int64)
             for convention in CONVENTIONS:
-                self.rows.append(evaluate_case(pred_np, label, spacing, self.num_classes, convention, case=case))
+                self.rows.append(evaluate_case(pred_np, label, spacing, self.num_classes, convention, case=case,
+                                               class_names=self.class_names))  # fmt: skip
 
     def write(self, engine: Engine) -> None:
         paths = write_reports(self.rows, self.output_dir, overwrite=self.overwrite)

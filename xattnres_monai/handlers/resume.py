@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import re
+import tempfile
 from glob import glob
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -35,6 +36,7 @@ __all__ = [
     "EpochCheckpoint",
     "RNGState",
     "ValidatorState",
+    "check_folder_writable",
     "exit_on_user_errors",
     "latest_checkpoint",
     "load_checkpoint",
@@ -81,10 +83,28 @@ def exit_on_user_errors(engine: Engine) -> None:
 # ------------------------------------------------------------------------------------------------- reading / saving
 
 
+def check_folder_writable(folder: str, what: str) -> None:
+    """Create ``folder`` if needed and write (then remove) a probe file in it; else an :class:`InputError` naming it.
+
+    Run before training starts, so that a folder that cannot be written is refused up front rather than after the
+    first epoch.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(folder, f"cannot write {what} to this folder ({type(err).__name__}: {err.strerror or err})") from None
+
+
+
 def save_checkpoint(obj: Any, path: str, overwrite: bool = True) -> None:
     """``torch.save(obj, path)`` through a temporary file renamed into place (never a partial ``path``)."""
     with atomic_write(path, overwrite=overwrite) as tmp:
-        torch.save(obj, str(tmp))
+        # through a file object, not a path: torch records a path's file name inside the archive, and the temporary
+        # name is random, so two identical checkpoints would differ in their bytes
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def load_checkpoint(path: str) -> Any:
@@ -316,6 +336,11 @@ class EpochCheckpoint:
         validator: Optional[Engine] = None,
         overwrite: bool = False,
     ) -> None:
+        from xattnres_monai.utils.options import as_int  # options as a command line passes them
+
+        n_saved = as_int(n_saved, "EpochCheckpoint: n_saved", min=1)
+        resume = as_bool(resume, "EpochCheckpoint: resume")
+        overwrite = as_bool(overwrite, "EpochCheckpoint: overwrite")
         if int(n_saved) < 1:
             raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
         self.save_dir = str(save_dir)
@@ -339,8 +364,10 @@ class EpochCheckpoint:
     # ------------------------------------------------------------------ start
 
     def start(self, engine: Engine) -> None:
-        """Resume from the newest checkpoint, or check that a new run overwrites nothing."""
+        """Check that checkpoints can be written, then resume from the newest one or check that a new run
+        overwrites nothing."""
         if _is_rank_zero():
+            check_folder_writable(self.save_dir, "checkpoints")
             for name in os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else []:
                 if _TMP_RE.match(name):  # left by a run killed while saving
                     os.remove(os.path.join(self.save_dir, name))

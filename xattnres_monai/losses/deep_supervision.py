@@ -58,6 +58,14 @@ class MutationLoss(nn.Module):
         self, loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None, **dice_ce_kwargs: Any
     ) -> None:
         super().__init__()
+        from xattnres_monai.utils.options import as_bool, as_float  # options as a command line passes them
+
+        for key in ("include_background", "to_onehot_y", "sigmoid", "softmax", "squared_pred", "jaccard", "batch"):
+            if key in dice_ce_kwargs:
+                dice_ce_kwargs[key] = as_bool(dice_ce_kwargs[key], f"MutationLoss: {key}")
+        for key in ("lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr", "label_smoothing"):
+            if key in dice_ce_kwargs:
+                dice_ce_kwargs[key] = as_float(dice_ce_kwargs[key], f"MutationLoss: {key}", min=0.0)
         if loss is None:
             loss = DiceCELoss(**dice_ce_kwargs)
         elif dice_ce_kwargs:

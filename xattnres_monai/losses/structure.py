@@ -31,6 +31,10 @@ class StructureLoss(nn.Module):
 
     def __init__(self, kernel_size: int = 31, boundary_weight: float = 5.0) -> None:
         super().__init__()
+        from xattnres_monai.utils.options import as_float, as_int  # options as a command line passes them
+
+        kernel_size = as_int(kernel_size, "StructureLoss: kernel_size", min=1)
+        boundary_weight = as_float(boundary_weight, "StructureLoss: boundary_weight", min=0.0)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         self.kernel_size = kernel_size

@@ -89,8 +89,14 @@ TABLE1_COLUMNS: Tuple[str, ...] = ("DSC", "HD95", "mIoU", *TABLE1_ORGANS)
 Array = Union[np.ndarray, torch.Tensor]
 
 
-def _class_names(num_classes: int) -> Dict[int, str]:
-    """Foreground class id -> name: the Synapse organs for 9 classes, ``class<i>`` otherwise."""
+def _class_names(num_classes: int, class_names: Optional[Sequence[str]] = None) -> Dict[int, str]:
+    """Foreground class id -> name: ``class_names[i]`` when given (``class_names[0]`` is the background), else the
+    Synapse organs for 9 classes and ``class<i>`` otherwise."""
+    if class_names is not None:
+        names = [str(n) for n in class_names]
+        if len(names) != num_classes or len(set(names)) != num_classes:
+            raise ValueError(f"class_names must be {num_classes} distinct names (background first), got {names}.")
+        return {i: names[i] for i in range(1, num_classes)}
     if num_classes == len(SYNAPSE_ORGANS) + 1:
         return dict(SYNAPSE_ORGANS)
     return {i: f"class{i}" for i in range(1, num_classes)}
@@ -165,6 +171,7 @@ def evaluate_case(
     num_classes: int = 9,
     convention: str = "literature",
     case: Optional[str] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Dice, HD95 and IoU of every foreground class of one case.
 
@@ -177,6 +184,7 @@ def evaluate_case(
             after the Synapse organs when ``num_classes == 9`` (``class<i>`` otherwise).
         convention: ``"literature"`` or ``"physical"`` (see the module docstring for the handling of empty organs).
         case: case identifier stored in the row.
+        class_names: the name of every class, background first (e.g. a prepared dataset's own class list).
 
     Returns:
         A flat row: ``case``, ``convention``, then ``dice_<organ>``, ``hd95_<organ>``, ``iou_<organ>`` for every
@@ -199,7 +207,7 @@ def evaluate_case(
         spacing = [float(s) for s in spacing]
         if len(spacing) != pred_np.ndim:
             raise ValueError(f"spacing needs {pred_np.ndim} values (one per spatial axis), got {len(spacing)}.")
-    names = _class_names(num_classes)
+    names = _class_names(num_classes, class_names)
     row: Dict[str, Any] = {"case": case, "convention": convention}
     statuses = {}
     for index, name in names.items():

@@ -1,4 +1,4 @@
 from .images import SavePNGMaskd, to_gray, to_rgb
-from .io import SaveSegmentationd
+from .io import LoadVolumed, SaveSegmentationd
 
-__all__ = ["SavePNGMaskd", "SaveSegmentationd", "to_gray", "to_rgb"]
+__all__ = ["LoadVolumed", "SavePNGMaskd", "SaveSegmentationd", "to_gray", "to_rgb"]

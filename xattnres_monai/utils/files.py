@@ -19,6 +19,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
 
+# ``as_bool`` lives with the other option checkers (utils/options.py); re-exported where writers and handlers take it
+from xattnres_monai.utils.options import as_bool  # noqa: F401
+
 __all__ = [
     "InputError",
     "InputErrorGroup",
@@ -361,20 +364,3 @@ def cli_main(fn: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
-
-def as_bool(value: Any, name: str) -> bool:
-    """``value`` as a bool, accepting the spellings a command line gives (``True``, ``"true"``, ``"0"`` ...).
-
-    ``python -m monai.bundle run --overwrite true`` passes the *string* ``"true"`` (only ``True`` / ``False``
-    are parsed as Python literals), and ``"false"`` is truthy: flags that guard user data go through this.
-
-    Raises:
-        ValueError: naming the flag, for anything that is not clearly true or false.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -62,6 +62,8 @@ from monai.networks.blocks import ADN
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from xattnres_monai.utils.options import as_bool, as_float, as_int, as_int_sequence
+
 __all__ = ["DualCrossAttention", "ChannelCrossAttention", "SpatialCrossAttention", "DepthwiseProjection"]
 
 
@@ -77,6 +79,7 @@ class DepthwiseProjection(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        channels = as_int(channels, "DepthwiseProjection: channels", min=1)
         self.channels = channels
         self.weight = nn.Parameter(torch.empty(channels))
         self.bias = nn.Parameter(torch.empty(channels))
@@ -105,7 +108,7 @@ class _AttentionProjections(nn.Module):
 
 
 def _check_channels(name: str, channels: Sequence[int]) -> List[int]:
-    channels = [int(c) for c in channels]
+    channels = as_int_sequence(channels, f"{name}: channels")
     if not channels or min(channels) < 1:
         raise ValueError(f"{name}: channels must be a non-empty sequence of positive counts, got {channels}.")
     return channels
@@ -135,6 +138,7 @@ class ChannelCrossAttention(nn.Module):
 
     def __init__(self, channels: Sequence[int], eps: float = 1e-6) -> None:
         super().__init__()
+        eps = as_float(eps, "ChannelCrossAttention: eps", min=0.0, min_open=True)
         self.channels = _check_channels("ChannelCrossAttention", channels)
         total = sum(self.channels)
         self.scale = total**-0.5
@@ -187,6 +191,8 @@ class SpatialCrossAttention(nn.Module):
 
     def __init__(self, channels: Sequence[int], num_heads: int = 4, eps: float = 1e-6) -> None:
         super().__init__()
+        num_heads = as_int(num_heads, "SpatialCrossAttention: num_heads", min=1)
+        eps = as_float(eps, "SpatialCrossAttention: eps", min=0.0, min_open=True)
         self.channels = _check_channels("SpatialCrossAttention", channels)
         total = sum(self.channels)
         if num_heads < 1 or any(c % num_heads for c in self.channels):
@@ -309,8 +315,17 @@ class DualCrossAttention(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
+        # every option is checked (and parsed from the strings a command line gives) first: one-line ValueError
+        dims = as_int(spatial_dims, "DualCrossAttention: spatial_dims")
+        if dims not in (2, 3):
             raise ValueError(f"DualCrossAttention: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        spatial_dims = dims
+        patch_size = as_int(patch_size, "DualCrossAttention: patch_size", min=1)
+        num_heads = as_int(num_heads, "DualCrossAttention: num_heads", min=1)
+        max_tokens = as_int(max_tokens, "DualCrossAttention: max_tokens", min=1)
+        channel_attention = as_bool(channel_attention, "DualCrossAttention: channel_attention")
+        spatial_attention = as_bool(spatial_attention, "DualCrossAttention: spatial_attention")
+        eps = as_float(eps, "DualCrossAttention: eps", min=0.0, min_open=True)
         if patch_size < 1 or max_tokens < 1:
             raise ValueError(
                 f"DualCrossAttention: patch_size and max_tokens must be positive, got {patch_size}, {max_tokens}."

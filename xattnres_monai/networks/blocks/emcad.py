@@ -27,14 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xattnres_monai.networks.blocks.xattnres import XAttnRes
+from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
+from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
 __all__ = ["CAB", "SAB", "MSCB", "EUCB", "LGAG", "EMCADDecoder", "channel_shuffle", "init_emcad_weights"]
 
 
 def _check_2d(name: str, spatial_dims: int) -> None:
-    if spatial_dims != 2:
+    if as_int(spatial_dims, f"{name}: spatial_dims") != 2:
         raise ValueError(f"{name}: only spatial_dims=2 is supported (EMCAD is a 2D decoder), got {spatial_dims!r}.")
+
+
+def _odd_kernel(value: object, name: str) -> int:
+    """A positive odd kernel size (``"3"`` is parsed), as one line naming the option."""
+    size = as_int(value, name, min=1)
+    if size % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer, got {value!r}.")
+    return size
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -74,6 +83,8 @@ class CAB(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, ratio: int = 16) -> None:
         super().__init__()
         _check_2d("CAB", spatial_dims)
+        channels = as_int(channels, "CAB: channels", min=1)
+        ratio = as_int(ratio, "CAB: ratio", min=1)
         if channels < 1 or ratio < 1:
             raise ValueError(f"CAB: channels and ratio must be positive, got channels={channels}, ratio={ratio}.")
         ratio = min(ratio, channels)
@@ -105,6 +116,7 @@ class SAB(nn.Module):
     def __init__(self, spatial_dims: int, kernel_size: int = 7) -> None:
         super().__init__()
         _check_2d("SAB", spatial_dims)
+        kernel_size = _odd_kernel(kernel_size, "SAB: kernel_size")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"SAB: kernel_size must be a positive odd number, got {kernel_size}.")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
@@ -136,6 +148,10 @@ class MSCB(nn.Module):
     ) -> None:
         super().__init__()
         _check_2d("MSCB", spatial_dims)
+        channels = as_int(channels, "MSCB: channels", min=1)
+        kernel_sizes = as_int_sequence(kernel_sizes, "MSCB: kernel_sizes", min=1, min_length=1)
+        kernel_sizes = [_odd_kernel(k, f"MSCB: kernel_sizes[{i}]") for i, k in enumerate(kernel_sizes)]
+        expansion_factor = as_int(expansion_factor, "MSCB: expansion_factor", min=1)
         if channels < 1 or expansion_factor < 1 or not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
             raise ValueError(
                 f"MSCB: expected positive channels/expansion_factor and odd kernel sizes, got channels={channels}, "
@@ -191,6 +207,9 @@ class EUCB(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         _check_2d("EUCB", spatial_dims)
+        in_channels = as_int(in_channels, "EUCB: in_channels", min=1)
+        out_channels = as_int(out_channels, "EUCB: out_channels", min=1)
+        kernel_size = _odd_kernel(kernel_size, "EUCB: kernel_size")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"EUCB: channels must be positive, got in={in_channels}, out={out_channels}.")
         self.dwconv = nn.Sequential(
@@ -229,6 +248,8 @@ class LGAG(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         _check_2d("LGAG", spatial_dims)
+        channels = as_int(channels, "LGAG: channels")
+        kernel_size = _odd_kernel(kernel_size, "LGAG: kernel_size")
         if channels < 2 or channels % 2:
             raise ValueError(f"LGAG: channels must be an even number >= 2, got {channels}.")
         inter = channels // 2
@@ -304,7 +325,13 @@ class EMCADDecoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_2d("EMCADDecoder", spatial_dims)
-        channels = [int(c) for c in channels]
+        channels = as_int_sequence(channels, "EMCADDecoder: channels")
+        skip = as_bool(skip, "EMCADDecoder: skip")
+        xattnres = as_bool(xattnres, "EMCADDecoder: xattnres")
+        query_init = as_choice(query_init, "EMCADDecoder: query_init", QUERY_INITS)
+        kernel_sizes = as_int_sequence(kernel_sizes, "EMCADDecoder: kernel_sizes", min=1, min_length=1)
+        expansion_factor = as_int(expansion_factor, "EMCADDecoder: expansion_factor", min=1)
+        lgag_kernel_size = _odd_kernel(lgag_kernel_size, "EMCADDecoder: lgag_kernel_size")
         if len(channels) != 4:
             raise ValueError(
                 f"EMCADDecoder: expected 4 channel counts (coarse to fine), got {len(channels)} ({channels})."

@@ -46,6 +46,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from xattnres_monai.networks.blocks.xattnres_cpu import fused_backward, fused_cpu_available, fused_forward
+from xattnres_monai.utils.options import as_choice, as_float, as_int, as_int_sequence
 
 __all__ = ["XAttnRes", "QUERY_INITS"]
 
@@ -86,10 +87,14 @@ class XAttnRes(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
+        dims = as_int(spatial_dims, "XAttnRes: spatial_dims")
+        if dims not in (2, 3):
             raise ValueError(f"XAttnRes: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        if query_init not in QUERY_INITS:
-            raise ValueError(f"XAttnRes: query_init must be one of {QUERY_INITS}, got {query_init!r}.")
+        spatial_dims = dims
+        query_init = as_choice(query_init, "XAttnRes: query_init", QUERY_INITS)
+        channels = as_int(channels, "XAttnRes: channels")
+        history_channels = as_int_sequence(history_channels, "XAttnRes: history_channels")
+        eps = as_float(eps, "XAttnRes: eps", min=0.0, min_open=True)
         if channels < 1 or any(c < 1 for c in history_channels):
             raise ValueError(
                 f"XAttnRes: channel counts must be positive, got channels={channels}, "

@@ -20,6 +20,7 @@ from xattnres_monai.networks.blocks.emcad import EMCADDecoder
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS
 from xattnres_monai.networks.nets.pvt import PVT_V2_CONFIGS, PVTv2, _normalise_variant
 from xattnres_monai.networks.utils import check_input
+from xattnres_monai.utils.options import as_bool, as_choice, as_float, as_int, as_optional_path
 
 __all__ = ["EMCADNet", "emcad_summary", "EMCAD_CONFIGURATIONS", "EMCAD_PAPER_PARAMS"]
 
@@ -76,7 +77,8 @@ class EMCADNet(nn.Module):
             loaded with :func:`~xattnres_monai.networks.nets.pvt.load_pvt_pretrained`; nothing is
             downloaded.
         skip: keep EMCAD's LGAG skip path.
-        xattnres: add XAttnRes routing to the decoder stages.
+        xattnres: add XAttnRes routing to the decoder stages (a bool: ``"false"`` / ``"true"`` as a command line
+            gives them are parsed; every option is checked, a wrong one raises a one-line ``ValueError``).
         query_init: pseudo-query initialisation of the XAttnRes blocks (``"zero"``, ``"normal"``,
             ``"kaiming_uniform"``, ``"xavier_uniform"``).
         deep_supervision: in training mode, return the four heads (coarse to fine).
@@ -105,17 +107,29 @@ class EMCADNet(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
+        # every option is checked (and parsed from the strings a command line gives) first: one-line ValueError
+        if as_int(spatial_dims, "EMCADNet: spatial_dims") != 2:
             raise ValueError(f"EMCADNet: only spatial_dims=2 is supported (PVTv2/EMCAD are 2D), got {spatial_dims!r}.")
+        spatial_dims = 2
+        in_channels = as_int(in_channels, "EMCADNet: in_channels")
         if in_channels not in (1, 3):
             raise ValueError(
                 f"EMCADNet: in_channels must be 1 (grey, learned 1->3 stem) or 3 (RGB), got {in_channels!r}."
             )
-        if out_channels < 1:
-            raise ValueError(f"EMCADNet: out_channels must be positive, got {out_channels!r}.")
-        if query_init not in QUERY_INITS:
-            raise ValueError(f"EMCADNet: query_init must be one of {QUERY_INITS}, got {query_init!r}.")
-        variant = _normalise_variant(encoder)
+        out_channels = as_int(out_channels, "EMCADNet: out_channels", min=1)
+        try:
+            variant = _normalise_variant(encoder)
+        except ValueError:
+            raise ValueError(
+                f"EMCADNet: encoder must be a PVTv2 variant, one of {sorted(PVT_V2_CONFIGS)} (or 'pvt_v2_<v>'), "
+                f"got {encoder!r}."
+            ) from None
+        pretrained_path = as_optional_path(pretrained_path, "EMCADNet: pretrained_path")
+        skip = as_bool(skip, "EMCADNet: skip")
+        xattnres = as_bool(xattnres, "EMCADNet: xattnres")
+        query_init = as_choice(query_init, "EMCADNet: query_init", QUERY_INITS)
+        deep_supervision = as_bool(deep_supervision, "EMCADNet: deep_supervision")
+        drop_path_rate = as_float(drop_path_rate, "EMCADNet: drop_path_rate", min=0.0, max=1.0, max_open=True)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -35,6 +35,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
 from xattnres_monai.networks.utils import check_input, state_dict_differences
+from xattnres_monai.utils.options import as_bool, as_float, as_int, as_optional_path
 
 __all__ = ["PVTv2", "PVTv2Encoder", "PVT_V2_CONFIGS", "load_pvt_pretrained"]
 
@@ -56,7 +57,11 @@ _BLOCK_NORM_EPS = 1e-6
 
 def _normalise_variant(variant: str) -> str:
     """``"b2"``, ``"B2"``, ``"pvt_v2_b2"`` -> ``"b2"``; ValueError for anything else."""
-    name = str(variant).lower()
+    if not isinstance(variant, str):
+        raise ValueError(
+            f"PVTv2: variant must be one of {sorted(PVT_V2_CONFIGS)} (or 'pvt_v2_<v>'), got {variant!r}."
+        )
+    name = variant.strip().lower()
     if name.startswith("pvt_v2_"):
         name = name[len("pvt_v2_") :]
     if name not in PVT_V2_CONFIGS:
@@ -69,6 +74,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
+        drop_prob = as_float(drop_prob, "DropPath: drop_prob", min=0.0, max=1.0, max_open=True)
         self.drop_prob = float(drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +96,10 @@ class OverlapPatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, embed_dim: int, patch_size: int, stride: int) -> None:
         super().__init__()
+        in_channels = as_int(in_channels, "OverlapPatchEmbed: in_channels", min=1)
+        embed_dim = as_int(embed_dim, "OverlapPatchEmbed: embed_dim", min=1)
+        patch_size = as_int(patch_size, "OverlapPatchEmbed: patch_size", min=1)
+        stride = as_int(stride, "OverlapPatchEmbed: stride", min=1)
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=stride, padding=patch_size // 2)
         self.norm = nn.LayerNorm(embed_dim)  # official: default eps (1e-5)
 
@@ -109,6 +119,10 @@ class SpatialReductionAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool = True) -> None:
         super().__init__()
+        dim = as_int(dim, "SpatialReductionAttention: dim", min=1)
+        num_heads = as_int(num_heads, "SpatialReductionAttention: num_heads", min=1)
+        sr_ratio = as_int(sr_ratio, "SpatialReductionAttention: sr_ratio", min=1)
+        qkv_bias = as_bool(qkv_bias, "SpatialReductionAttention: qkv_bias")
         if dim % num_heads != 0:
             raise ValueError(f"SpatialReductionAttention: dim ({dim}) must be divisible by num_heads ({num_heads}).")
         self.num_heads = num_heads
@@ -145,6 +159,7 @@ class DWConv(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
+        dim = as_int(dim, "DWConv: dim", min=1)
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -158,6 +173,8 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
+        dim = as_int(dim, "ConvFFN: dim", min=1)
+        hidden_dim = as_int(hidden_dim, "ConvFFN: hidden_dim", min=1)
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = DWConv(hidden_dim)
         self.act = nn.GELU()
@@ -172,6 +189,8 @@ class PVTBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float = 0.0) -> None:
         super().__init__()
+        dim = as_int(dim, "PVTBlock: dim", min=1)
+        mlp_ratio = as_float(mlp_ratio, "PVTBlock: mlp_ratio", min=0.0, min_open=True)
         self.norm1 = nn.LayerNorm(dim, eps=_BLOCK_NORM_EPS)
         self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias=True)
         self.drop_path = DropPath(drop_path)
@@ -222,10 +241,9 @@ class PVTv2(nn.Module):
     ) -> None:
         super().__init__()
         self.variant = _normalise_variant(variant)
-        if in_channels < 1:
-            raise ValueError(f"PVTv2: in_channels must be positive, got {in_channels}.")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"PVTv2: drop_path_rate must be in [0, 1), got {drop_path_rate}.")
+        in_channels = as_int(in_channels, "PVTv2: in_channels", min=1)
+        drop_path_rate = as_float(drop_path_rate, "PVTv2: drop_path_rate", min=0.0, max=1.0, max_open=True)
+        pretrained_path = as_optional_path(pretrained_path, "PVTv2: pretrained_path")
         config = PVT_V2_CONFIGS[self.variant]
         self.in_channels = in_channels
         self.embed_dims: List[int] = list(config["embed_dims"])
@@ -346,9 +364,9 @@ class PVTv2Encoder(PVTv2, BaseEncoder):
         pretrained_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         drop_path_rate: float = 0.1,
     ) -> None:
-        if spatial_dims != 2:
+        if as_int(spatial_dims, "PVTv2Encoder: spatial_dims") != 2:
             raise ValueError(f"PVTv2Encoder: only spatial_dims=2 is supported, got {spatial_dims!r}.")
-        if pretrained:
+        if as_bool(pretrained, "PVTv2Encoder: pretrained"):
             raise ValueError(
                 "PVTv2Encoder: pretrained=True is not supported because nothing is downloaded; build with "
                 "pretrained=False and load a local file with load_pvt_pretrained(net.encoder, path)."

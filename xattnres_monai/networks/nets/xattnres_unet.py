@@ -11,13 +11,22 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
-from xattnres_monai.networks.blocks.xattnres import XAttnRes
+from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.networks.utils import check_input
+from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
 __all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
 
 #: where XAttnRes aggregation is applied (Table 4): nowhere, encoder stages, decoder stages, or both.
 XATTNRES_PLACEMENTS = ("none", "encoder", "decoder", "full")
+
+
+def _spatial_dims(value: object, owner: str) -> int:
+    """``spatial_dims`` checked to be 2 or 3 (``"2"`` is parsed), as one line naming ``owner``."""
+    dims = as_int(value, f"{owner}: spatial_dims")
+    if dims not in (2, 3):
+        raise ValueError(f"{owner}: spatial_dims must be 2 or 3, got {value!r}.")
+    return dims
 
 
 class DoubleConv(nn.Sequential):
@@ -32,6 +41,11 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mid_channels: Optional[int] = None):
         super().__init__()
+        spatial_dims = _spatial_dims(spatial_dims, "DoubleConv")
+        in_channels = as_int(in_channels, "DoubleConv: in_channels", min=1)
+        out_channels = as_int(out_channels, "DoubleConv: out_channels", min=1)
+        if mid_channels is not None:
+            mid_channels = as_int(mid_channels, "DoubleConv: mid_channels", min=1)
         mid_channels = out_channels if mid_channels is None else mid_channels
         for name, (cin, cout) in (("conv_0", (in_channels, mid_channels)), ("conv_1", (mid_channels, out_channels))):
             self.add_module(
@@ -54,6 +68,14 @@ class EncoderStage(nn.Module):
         self, spatial_dims: int, in_channels: int, out_channels: int, downsample: bool, routing: Optional[XAttnRes]
     ):
         super().__init__()
+        spatial_dims = _spatial_dims(spatial_dims, "EncoderStage")
+        in_channels = as_int(in_channels, "EncoderStage: in_channels", min=1)
+        out_channels = as_int(out_channels, "EncoderStage: out_channels", min=1)
+        downsample = as_bool(downsample, "EncoderStage: downsample")
+        if routing is not None and not isinstance(routing, XAttnRes):
+            raise ValueError(
+                f"EncoderStage: routing must be an XAttnRes block or None, got {type(routing).__name__}."
+            )
         self.down = Pool[Pool.MAX, spatial_dims](kernel_size=2) if downsample else None
         self.routing = routing
         self.conv = DoubleConv(spatial_dims, in_channels, out_channels)
@@ -88,6 +110,14 @@ class DecoderStage(nn.Module):
         routing: Optional[XAttnRes],
     ):
         super().__init__()
+        spatial_dims = _spatial_dims(spatial_dims, "DecoderStage")
+        in_channels = as_int(in_channels, "DecoderStage: in_channels", min=1)
+        skip_channels = as_int(skip_channels, "DecoderStage: skip_channels", min=0)
+        out_channels = as_int(out_channels, "DecoderStage: out_channels", min=1)
+        if routing is not None and not isinstance(routing, XAttnRes):
+            raise ValueError(
+                f"DecoderStage: routing must be an XAttnRes block or None, got {type(routing).__name__}."
+            )
         self.use_skip = skip_channels > 0
         self.upsample_mode = "bilinear" if spatial_dims == 2 else "trilinear"
         self.routing = routing
@@ -137,6 +167,11 @@ class XAttnResUNet(nn.Module):
     ``max((up + skip) // 2, out)`` middle channels) give a 1.08M-parameter baseline, the
     paper's 1.06M within 2%.
 
+    Every option is checked when the network is built: a wrong type or value raises a one-line ``ValueError``
+    naming the option, the value and what is expected. Strings as a command line passes them are parsed
+    (``skip="false"``, ``dca="TRUE"``, ``xattnres="Full"``, ``out_channels="9"``), never taken for their
+    truthiness, so ``python -m monai.bundle run ... --network_def#skip false`` builds the "no skip" network.
+
     Args:
         spatial_dims: 2 or 3.
         in_channels: input image channels.
@@ -173,12 +208,16 @@ class XAttnResUNet(nn.Module):
         dca: bool = False,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"XAttnResUNet: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        if xattnres not in XATTNRES_PLACEMENTS:
-            raise ValueError(f"XAttnResUNet: xattnres must be one of {XATTNRES_PLACEMENTS}, got {xattnres!r}.")
-        encoder_channels = [int(c) for c in encoder_channels]
-        decoder_channels = [int(c) for c in decoder_channels]
+        # every option is checked (and parsed from the strings a command line gives) first: one-line ValueError
+        spatial_dims = _spatial_dims(spatial_dims, "XAttnResUNet")
+        in_channels = as_int(in_channels, "XAttnResUNet: in_channels", min=1)
+        out_channels = as_int(out_channels, "XAttnResUNet: out_channels", min=1)
+        encoder_channels = as_int_sequence(encoder_channels, "XAttnResUNet: encoder_channels", min=1)
+        decoder_channels = as_int_sequence(decoder_channels, "XAttnResUNet: decoder_channels", min=1)
+        skip = as_bool(skip, "XAttnResUNet: skip")
+        xattnres = as_choice(xattnres, "XAttnResUNet: xattnres", XATTNRES_PLACEMENTS)
+        query_init = as_choice(query_init, "XAttnResUNet: query_init", QUERY_INITS)
+        dca = as_bool(dca, "XAttnResUNet: dca")
         if len(encoder_channels) < 2:
             raise ValueError(
                 f"XAttnResUNet: encoder_channels needs at least 2 entries (one downsampling), got {encoder_channels}."
