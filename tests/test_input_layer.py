@@ -219,3 +219,21 @@ def test_training_into_an_unwritable_models_folder_is_refused_before_training(tm
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(tmp_path / "models") in errors[0] and "cannot write checkpoints" in errors[0]
     assert "Epoch[1]" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_folders_named_like_input_files_are_named_as_folders(tmp_path):
+    from xattnres_monai.data.image_inputs import ImageInferenceInputs
+    from xattnres_monai.data.synapse import prepare_synapse
+
+    (tmp_path / "images" / "image.png").mkdir(parents=True)
+    inputs = ImageInferenceInputs(str(tmp_path / "out"), dataset_dir=str(tmp_path / "images"))
+    assert inputs.failures == [(str(tmp_path / "images" / "image.png"), inputs.failures[0][1])]
+    assert inputs.failures[0][1].startswith("is a folder, not an input file")
+    raw = tmp_path / "raw"
+    for case in ("0001", "0002", "0003"):
+        image = np.random.default_rng(int(case)).normal(size=(8, 8, 4)).astype(np.float32)
+        (raw / f"img{case}.nii.gz").mkdir(parents=True) if case == "0002" else save_nifti(raw / f"img{case}.nii.gz", image)
+        save_nifti(raw / f"label{case}.nii.gz", np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(InputError, match=r"img0002.nii.gz: is a folder named like a NIfTI file"):
+        prepare_synapse(raw, tmp_path / "prepared" / "datalist.json", split="random", num_val=1)
+    assert not (tmp_path / "prepared").exists()

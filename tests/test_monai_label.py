@@ -4,8 +4,9 @@ The MONAI Label environment is built once with ``make label-env`` (``.venv-label
 ``requirements-label.txt`` matches; ``XATTNRES_LABEL_VENV`` points the test at another folder). The Synapse bundle is
 trained for one tiny epoch on phantoms in this (main) environment, then ``xattnres_monai.tools.label_server`` deploys
 it into MONAI Label's ``monaibundle`` app and starts the server on a free port of 127.0.0.1 with a studies folder of
-generated NIfTI volumes, its outgoing HTTP(S) requests sent to a dead proxy (offline). The test asks for organ masks
-(``POST /infer/<model>``), saves two labels (``PUT /datastore/label``), runs a one-epoch training through
+generated NIfTI volumes (plus, with the corpus of tests/corpus.py, a real spine CT in PIR orientation), its
+outgoing HTTP(S) requests sent to a dead proxy (offline). The test asks for organ masks (``POST /infer/<model>``;
+each on its study's grid), saves two labels (``PUT /datastore/label``), runs a one-epoch training through
 ``POST /train/<model>`` and checks that ``models/model.pt`` was replaced. The server (and its training process) is
 stopped by killing its process group. The same runs with the ColonDB bundle on PNG studies: its masks must have the
 study's size and equal the bundle's own command-line inference (0/1 instead of 0/255), and saved 0/1 label maps must
@@ -34,6 +35,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests import corpus
 from xattnres_monai.data.phantoms import write_phantoms
 from xattnres_monai.data.synapse import prepare_synapse, remap_btcv_label
 
@@ -50,6 +52,8 @@ MODEL = "synapse_ct_segmentation"
 ORGANS = {"spleen": 1, "right kidney": 2, "left kidney": 3, "gallbladder": 4, "pancreas": 5, "liver": 6,
           "stomach": 7, "aorta": 8}  # fmt: skip
 STUDY_SHAPE = (44, 36, 17)
+#: a real study (tests/corpus.py): the tptbox spine CT (73 x 47 x 73, 1.5 mm, PIR), added when the corpus is available
+REAL_STUDY = "spine_ct"
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -142,6 +146,10 @@ def work(tmp_path_factory) -> dict:
         raw = nib.load(str(label))
         synapse = remap_btcv_label(np.asanyarray(raw.dataobj))  # what an annotator saves: the 9 Synapse classes
         nib.save(nib.Nifti1Image(synapse, raw.affine), str(labels / f"study{number}.nii.gz"))
+    try:  # without the corpus, test_infer_on_a_real_ct_study_keeps_its_grid skips (fails if it is required)
+        shutil.copy(corpus.tptbox_ct(), studies / f"{REAL_STUDY}.nii.gz")
+    except corpus.CorpusError:
+        pass
     return {"root": root, "weights": weights, "studies": studies, "labels": labels, "app": root / "app"}
 
 
@@ -301,6 +309,23 @@ def test_infer_returns_a_mask_on_the_grid_of_the_study(server, work):
     mask, study = nib.load(str(mask_path)), nib.load(str(work["studies"] / "study1.nii.gz"))
     assert mask.shape == study.shape == STUDY_SHAPE
     np.testing.assert_allclose(mask.affine, study.affine, atol=1e-4)
+    values = set(np.unique(np.asanyarray(mask.dataobj)).astype(int).tolist())
+    assert values <= {0, *ORGANS.values()}, values
+
+
+@pytest.mark.slow
+@label_env_test
+def test_infer_on_a_real_ct_study_keeps_its_grid(server, work):
+    source = nib.load(str(corpus.obtain(corpus.tptbox_ct)))  # a real spine CT, PIR: not the RAS of the phantoms
+    assert (work["studies"] / f"{REAL_STUDY}.nii.gz").is_file()
+    status, content = _request(f"{server['url']}/infer/{MODEL}?image={REAL_STUDY}&output=image", "POST")
+    assert status == 200, f"HTTP {status}: {content[-2000:]!r}\n{server['log']()}"
+    mask_path = work["root"] / f"mask_{REAL_STUDY}.nii.gz"
+    mask_path.write_bytes(content)
+    mask = nib.load(str(mask_path))
+    assert mask.shape == source.shape, (mask.shape, source.shape)
+    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+    assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(source.affine) == ("P", "I", "R")
     values = set(np.unique(np.asanyarray(mask.dataobj)).astype(int).tolist())
     assert values <= {0, *ORGANS.values()}, values
 

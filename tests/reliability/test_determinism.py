@@ -6,12 +6,13 @@
 - training stopped after epoch 1 and resumed to epoch 2 ends bit-identical to an uninterrupted two-epoch run
   (with ``num_workers=0``: the random states of the transforms are part of the checkpoint).
 
-Tensors are compared exactly (``torch.equal``); the checkpoint *files* differ only by the random id that
-``torch.save`` writes into every archive.
+Tensors are compared exactly (``torch.equal``), and the checkpoint *files* byte for byte (sha256, as ``sha256sum``
+would): ``save_checkpoint`` hands ``torch.save`` a file object, so no temporary file name is recorded in the archive.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
@@ -70,6 +71,7 @@ def test_seeded_one_epoch_training_twice_gives_identical_checkpoints(runs):
     for name in ("checkpoint_epoch=1.pt", "model.pt"):
         a, b = root / "a" / "models" / name, root / "b" / "models" / name
         assert differences(a, b) == {}, name
+        assert hashlib.sha256(a.read_bytes()).hexdigest() == hashlib.sha256(b.read_bytes()).hexdigest(), name
     checkpoint = torch.load(root / "a" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "validator"}
     assert len(checkpoint["rng"]["transforms"]) > 0  # the augmentation's random states are saved

@@ -196,24 +196,23 @@ def read_volume(path: PathLike, max_voxels: Optional[int] = MAX_VOXELS, header: 
     return Volume(volume.path, volume.shape, np.asarray(data.affine, dtype=np.float64), data, volume.files)
 
 
-def _load(volume: Volume) -> Any:
-    """Decode with the MONAI reader the header check chose, into the ``MetaTensor`` MONAI's ``LoadImage`` returns.
+_LOAD_IMAGE: Any = None
 
-    The reader is called as ``LoadImage`` calls it (``read`` -> ``get_data`` -> float32 ``MetaTensor`` with the
-    reader's metadata and ``filename_or_obj``); ``LoadImage`` itself is not used because it instantiates every reader
-    MONAI knows on each construction (and the optional ones log that their codecs are missing).
-    """
-    from monai.data import MetaTensor, NibabelReader
-    from monai.transforms.io.array import switch_endianness
-    from monai.utils import ImageMetaKey
+
+def _load(volume: Volume) -> Any:
+    """Decode with MONAI's ``LoadImage`` (float32 ``MetaTensor``), given the reader the header check chose: exactly
+    what a bare ``LoadImage`` gives, in time and memory (``benchmarks/input_path.py``). One ``LoadImage`` per process:
+    constructing one instantiates every reader MONAI knows."""
+    global _LOAD_IMAGE
+    from monai.data import NibabelReader
+    from monai.transforms import LoadImage
 
     from xattnres_monai.data.dicom import DicomSeriesReader
 
+    if _LOAD_IMAGE is None:
+        _LOAD_IMAGE = LoadImage(image_only=True)
     reader = DicomSeriesReader(volume.files) if volume.files else NibabelReader()
-    array, meta = reader.get_data(reader.read(str(volume.path)))
-    meta = switch_endianness(meta, "<")
-    meta[ImageMetaKey.FILENAME_OR_OBJ] = str(volume.path)
-    return MetaTensor.ensure_torch_and_prune_meta(np.asarray(array, dtype=np.float32), meta)
+    return _LOAD_IMAGE(str(volume.path), reader=reader)
 
 
 # ---------------------------------------------------------------------------------------------------------- values
@@ -588,6 +587,8 @@ class InferenceInputs:
         for entry in entries:
             if self.accepts(entry):
                 scans.append(str(entry))
+            elif entry.is_dir():
+                self._fail(InputError(entry, f"is a folder, not an input file: {self.supported}"))
             else:
                 self._fail(InputError(entry, f"unsupported file type: {self.supported}"))
         return scans

@@ -173,7 +173,8 @@ def _btcv_files(input_dir: Path) -> List[Path]:
     files = []
     for folder in folders:
         if folder.is_dir():
-            files += sorted(p for p in folder.iterdir() if _BTCV_RE.match(p.name) and p.is_file())
+            # a folder named like a file is kept: the checks then say what it is (not "label without image")
+            files += sorted(p for p in folder.iterdir() if _BTCV_RE.match(p.name))
     return files
 
 
