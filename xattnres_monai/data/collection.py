@@ -96,7 +96,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from xattnres_monai.data.inputs import MAX_VOXELS, check_pair, read_volume
+from xattnres_monai.data.inputs import MAX_VOXELS, check_pair, load_datalist, read_json, read_volume
 from xattnres_monai.data.synapse import SYNAPSE_LABELS, split_cases
 from xattnres_monai.utils.files import InputError, atomic_write, check_writable, raise_if_any, write_json_atomic
 
@@ -559,30 +559,26 @@ def read_dataset_json(path: PathLike) -> Tuple[List[Pair], List[InputError], Lis
         ``(pairs, errors, notes, known_labels)`` as :func:`find_pairs`.
     """
     path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot read dataset.json ({' '.join(str(err).split())})") from None
+    content = read_json(path)  # the package's one datalist reader reads dataset.json too (it is a datalist)
     if not isinstance(content, dict):
         raise InputError(path, "expected a JSON object with 'labels' and 'training'")
     known = _read_labels_dict(path, content.get("labels")) if "labels" in content else {}
     errors: List[InputError] = []
     notes = [f"note: pairs from {path}"]
-    training = content.get("training")
-    if training is None:  # nnU-Net v2: imagesTr/ + labelsTr/
+    if content.get("training") is None:  # nnU-Net v2: imagesTr/ + labelsTr/
         image_dir, label_dir = path.parent / "imagesTr", path.parent / "labelsTr"
         if not (image_dir.is_dir() and label_dir.is_dir()):
             raise InputError(path, "has no 'training' list and no imagesTr/ + labelsTr/ folders next to it")
         pairs = _subfolder_pairs(path.parent, image_dir, label_dir, errors, notes)
         return pairs, errors, notes, known
-    if not isinstance(training, list) or not training:
-        raise InputError(path, "'training' must be a non-empty list of {\"image\", \"label\"} items")
+    try:
+        items = load_datalist(path, "training", check=False)
+    except InputError as err:
+        errors += getattr(err, "errors", [err])
+        items = []
     pairs, seen = [], {}
-    for index, item in enumerate(training):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("image", "label")):
-            errors.append(InputError(path, f"training[{index}] needs 'image' and 'label' paths, got {item!r}"))
-            continue
-        image, label = (Path(os.path.normpath(path.parent / item[k])) for k in ("image", "label"))
+    for item in items:
+        image, label = Path(item["image"]), Path(item["label"])
         stem = _nifti_stem(image.name) or image.name
         match = _CHANNEL_RE.match(stem)
         case = match.group(1) if match and match.group(2) == "0000" else stem

@@ -43,6 +43,7 @@ __all__ = [
     "output_path_for",
     "pair_errors",
     "read_header",
+    "read_json",
     "read_pair",
     "read_volume",
 ]
@@ -348,7 +349,9 @@ def check_pair(
 # -------------------------------------------------------------------------------------------------------- datalists
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: PathLike) -> Any:
+    """A datalist's JSON content; an :class:`InputError` naming the file when it is missing or not JSON."""
+    path = Path(path)
     if not path.exists():
         raise InputError(path, "datalist file does not exist")
     if path.is_dir():
@@ -393,7 +396,7 @@ def load_datalist(
         ['case', 'image', 'label']
     """
     path = Path(datalist)
-    content = _read_json(path)
+    content = read_json(path)
     if isinstance(content, dict) and key == "test" and key not in content and "testing" in content:
         key = "testing"  # MONAI's decathlon datalists name the section "testing"
     if isinstance(content, list) and keys == ("image",):
