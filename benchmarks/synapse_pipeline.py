@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 
-from xattnres_monai.data.phantoms import write_phantoms
+from xattnres_monai.testing.phantoms import write_phantoms
 from xattnres_monai.data.synapse import prepare_synapse
 from xattnres_monai.networks.nets import XAttnResUNet
 

@@ -3,7 +3,7 @@
 For every U-Net routing configuration relative to the plain U-Net (1 x 224 x 224 input, batch 6):
 parameters, FLOPs (``torch.utils.flop_counter``, forward + backward), forward+backward wall time
 (median of repeated runs, timed round-robin) and peak memory of the training step; then the optimised XAttnRes block
-against the literal stacked implementation of the paper's equations (``tests/xattnres_reference.py``).
+against the literal stacked implementation of the paper's equations (``xattnres_monai.networks.ops.reference``).
 The configurations include Dual Cross-Attention on the skips (``dca``; ``dca_both`` with XAttnRes
 too) for comparison: its spatial attention over 28 x 28 tokens on four scales costs counted FLOPs.
 
@@ -16,6 +16,8 @@ Usage::
 
     python benchmarks/xattnres_overhead.py [--batch 6] [--size 224] [--repeats 7] [--threads N]
 
+(with the package installed, e.g. ``pip install -e .``: nothing is imported from ``tests/``)
+
 Peak memory: CPU PyTorch keeps no allocator statistics, so each step's peak is measured in a fresh
 process as the peak resident-set increase over the state just before the step.
 
@@ -23,7 +25,7 @@ Why the wall-time overhead exceeds the FLOPs overhead on CPU: the FLOP counter c
 and matrix products only. XAttnRes is dominated by element-wise, memory-bound work at the finest
 decoder stage (8 entries x 16 channels at full resolution: interpolation, channel norms, softmax
 and the weighted sum, and their backward), which costs time but no counted FLOPs. The fused CPU
-kernel (``networks/blocks/xattnres_cpu.cpp``) makes one pass per row for it; the run also prints
+kernel (``networks/ops/fused_cpu.cpp``) makes one pass per row for it; the run also prints
 "both" with the PyTorch formulation of the aggregation (what CUDA and the fallback run) for comparison.
 """
 
@@ -37,20 +39,17 @@ import subprocess
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.xattnres_reference import stacked_xattnres  # noqa: E402
-from xattnres_monai.networks.blocks import XAttnRes  # noqa: E402
-from xattnres_monai.networks.blocks.xattnres_cpu import fused_cpu_available, set_fused_cpu  # noqa: E402
-from xattnres_monai.networks.nets import XAttnResUNet  # noqa: E402
-from xattnres_monai.networks.summary import UNET_CONFIGURATIONS  # noqa: E402
-from xattnres_monai.networks.utils import count_parameters  # noqa: E402
+from xattnres_monai.networks.blocks import XAttnRes
+from xattnres_monai.networks.nets import XAttnResUNet
+from xattnres_monai.networks.ops import implementation_for, use_implementation
+from xattnres_monai.networks.ops.reference import stacked_xattnres
+from xattnres_monai.networks.summary import UNET_CONFIGURATIONS
+from xattnres_monai.networks.utils import count_parameters
 
 
 def peak_memory_bytes(target: str, batch: int, size: int) -> int:
@@ -143,21 +142,15 @@ def make_steps(batch: int, size: int) -> Dict[str, Callable[[], None]]:
     both = steps["both"]
 
     def both_pytorch() -> None:
-        previous = set_fused_cpu(False)
-        try:
+        with use_implementation("pytorch"):
             both()
-        finally:
-            set_fused_cpu(previous)
 
     steps["both:pytorch"] = both_pytorch
     block, bx, history = block_case(batch, size)
 
     def block_pytorch() -> torch.Tensor:
-        previous = set_fused_cpu(False)
-        try:
+        with use_implementation("pytorch"):
             return block(bx, history)
-        finally:
-            set_fused_cpu(previous)
 
     for name, fn in (
         ("block:stacked", lambda: stacked_xattnres(block, bx, history)),
@@ -250,7 +243,7 @@ def main() -> None:
     rows = (
         ("stacked (paper, literal)", naive),
         ("XAttnRes, PyTorch formulation", results["block:pytorch"]),
-        ("XAttnRes, fused CPU kernel" if fused_cpu_available(torch.zeros(1)) else "XAttnRes (no kernel built)", fast),
+        ("XAttnRes, default: " + implementation_for(torch.zeros(1), [torch.zeros(1)]), fast),
     )
     for label, r in rows:
         print(f"{label:<34}{r['time']:>9.3f}{r['memory'] / 2**20:>10.0f}")

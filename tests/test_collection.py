@@ -412,7 +412,7 @@ def test_overlay_sets_num_classes_in_every_bundle_config(tmp_path):
 
 
 def test_cli_reports_every_problem_with_exit_code_2(tmp_path, capsys):
-    from xattnres_monai.data.prepare import main
+    from xattnres_monai.cli.prepare import main
 
     make_case(tmp_path / "in" / "a.nii.gz", tmp_path / "in" / "a_seg.nii.gz", ids=(1, 2, 9))
     save(tmp_path / "in" / "b.nii.gz", np.ones(SHAPE, np.int16))
@@ -430,7 +430,7 @@ def test_cli_reports_every_problem_with_exit_code_2(tmp_path, capsys):
 
 
 def test_preset_synapse_calls_prepare_synapse_with_the_same_arguments(tmp_path, monkeypatch, capsys):
-    from xattnres_monai.data import prepare
+    from xattnres_monai.cli import prepare
 
     calls = []
     monkeypatch.setattr(prepare, "prepare_synapse", lambda *a, **k: calls.append((a, k)) or {})
@@ -445,8 +445,8 @@ def test_preset_synapse_calls_prepare_synapse_with_the_same_arguments(tmp_path, 
 
 
 def test_preset_synapse_writes_what_the_synapse_command_writes(tmp_path):
-    from xattnres_monai.data import prepare, synapse
-    from xattnres_monai.data.phantoms import write_phantoms
+    from xattnres_monai.cli import prepare, synapse
+    from xattnres_monai.testing.phantoms import write_phantoms
 
     write_phantoms(tmp_path / "raw", cases=3, size=(16, 16, 16), seed=0)
     args = ["--input", str(tmp_path / "raw"), "--split", "random", "--num-val", "1"]
@@ -460,6 +460,7 @@ def test_library_does_not_import_the_cli():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "argparse" not in imported and "xattnres_monai.data.prepare" not in imported
+    assert not any(m and m.startswith("xattnres_monai.cli") for m in imported)
 
 
 # ---------------------------------------------------------------------------------------------- documented commands

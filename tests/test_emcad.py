@@ -13,7 +13,9 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
 from xattnres_monai.losses import MutationLoss
 from xattnres_monai.networks.blocks import CAB, EUCB, LGAG, MSCB, SAB, EMCADDecoder, XAttnRes
+from xattnres_monai.networks.blocks.emcad import EMCADStage, upgrade_emcad_decoder_key
 from xattnres_monai.networks.nets import EMCADNet, PVTv2, PVTv2Encoder, emcad_summary, load_pvt_pretrained
+from xattnres_monai.networks.nets.emcad import convert_emcad_state_dict
 
 B2_ENCODER_PARAMS = 24_849_856
 B2_DECODER_PARAMS = 1_913_515
@@ -162,9 +164,9 @@ def test_blocks():
     assert LGAG(2, 8)(x, x).shape == x.shape
     assert LGAG(2, 8).W_g[0].groups == 4
     decoder = EMCADDecoder(2, B2_CHANNELS)
-    conv = decoder.mscb3.pconv1[0].weight
+    conv = decoder.stages[1].mscb.pconv1[0].weight  # stage 3
     assert abs(conv.std().item() - 0.02) < 0.002
-    assert decoder.eucb3.pwconv.bias.abs().max() == 0
+    assert decoder.stages[1].up.pwconv.bias.abs().max() == 0
 
 
 # ---------------------------------------------------------------- XAttnRes and skip options
@@ -175,13 +177,14 @@ def test_routing_options_structure_forward_backward(skip, xattnres):
     torch.manual_seed(0)
     net = EMCADNet(in_channels=1, out_channels=2, encoder="b0", skip=skip, xattnres=xattnres, deep_supervision=True)
     decoder = net.decoder
-    assert (decoder.lgag1 is not None) == skip
-    assert (decoder.routing1 is not None) == xattnres
+    assert decoder.stages[0].up is None and decoder.stages[0].gate is None  # stage 4: e4 is its input
+    assert all((stage.gate is not None) == skip for stage in decoder.stages[1:])
+    assert all((stage.routing is not None) == xattnres for stage in decoder.stages)
     routings = [m for m in net.modules() if isinstance(m, XAttnRes)]
     assert len(routings) == (4 if xattnres else 0)
     if xattnres:  # history pool: e1..e4, then d4, d3, d2
-        assert decoder.routing4.history_channels == [32, 64, 160, 256]
-        assert decoder.routing1.history_channels == [32, 64, 160, 256, 256, 160, 64]
+        assert decoder.stages[0].routing.history_channels == [32, 64, 160, 256]
+        assert decoder.stages[3].routing.history_channels == [32, 64, 160, 256, 256, 160, 64]
     heads = net.train()(torch.randn(2, 1, 64, 64))
     loss = MutationLoss(to_onehot_y=True, softmax=True)(heads, torch.randint(0, 2, (2, 1, 64, 64)))
     loss.backward()
@@ -189,7 +192,8 @@ def test_routing_options_structure_forward_backward(skip, xattnres):
     grad = net.encoder.patch_embed1.proj.weight.grad
     assert grad is not None and torch.isfinite(grad).all()
     if xattnres:
-        assert decoder.routing1.query.grad is not None and decoder.routing1.query.grad.abs().sum() > 0
+        query = decoder.stages[3].routing.query
+        assert query.grad is not None and query.grad.abs().sum() > 0
 
 
 def test_routing_options_change_parameter_count():
@@ -381,3 +385,437 @@ def test_emcad_summary():
     # one FLOPs row per network and resolution, the resolution named
     flop_rows = [line for line in text.splitlines() if line.startswith("EMCAD") and ("224" in line or "352" in line)]
     assert any(" 224 " in f" {line} " for line in flop_rows) and any(" 352 " in f" {line} " for line in flop_rows)
+
+
+# ---------------------------------------------------------------- stage lists: old checkpoints, unchanged numbers
+
+# The decoder stages and heads were attributes per stage (cab4 .. cab1, head4 .. head1) and are now nn.ModuleLists.
+# The key names of the old layout were dumped from the code before the change; the routing (XAttnRes) keys follow
+# the block's own names (its internals are another module's business) after decoder.routing<n>.
+OLD_KEYS = [  # EMCADNet(encoder='b2') state-dict keys before the change, encoder and XAttnRes blocks left out
+    "decoder.cab4.fc1.weight",
+    "decoder.cab4.fc2.weight",
+    "decoder.mscb4.pconv1.0.weight",
+    "decoder.mscb4.pconv1.1.weight",
+    "decoder.mscb4.pconv1.1.bias",
+    "decoder.mscb4.pconv1.1.running_mean",
+    "decoder.mscb4.pconv1.1.running_var",
+    "decoder.mscb4.pconv1.1.num_batches_tracked",
+    "decoder.mscb4.dwconvs.0.0.weight",
+    "decoder.mscb4.dwconvs.0.1.weight",
+    "decoder.mscb4.dwconvs.0.1.bias",
+    "decoder.mscb4.dwconvs.0.1.running_mean",
+    "decoder.mscb4.dwconvs.0.1.running_var",
+    "decoder.mscb4.dwconvs.0.1.num_batches_tracked",
+    "decoder.mscb4.dwconvs.1.0.weight",
+    "decoder.mscb4.dwconvs.1.1.weight",
+    "decoder.mscb4.dwconvs.1.1.bias",
+    "decoder.mscb4.dwconvs.1.1.running_mean",
+    "decoder.mscb4.dwconvs.1.1.running_var",
+    "decoder.mscb4.dwconvs.1.1.num_batches_tracked",
+    "decoder.mscb4.dwconvs.2.0.weight",
+    "decoder.mscb4.dwconvs.2.1.weight",
+    "decoder.mscb4.dwconvs.2.1.bias",
+    "decoder.mscb4.dwconvs.2.1.running_mean",
+    "decoder.mscb4.dwconvs.2.1.running_var",
+    "decoder.mscb4.dwconvs.2.1.num_batches_tracked",
+    "decoder.mscb4.pconv2.0.weight",
+    "decoder.mscb4.pconv2.1.weight",
+    "decoder.mscb4.pconv2.1.bias",
+    "decoder.mscb4.pconv2.1.running_mean",
+    "decoder.mscb4.pconv2.1.running_var",
+    "decoder.mscb4.pconv2.1.num_batches_tracked",
+    "decoder.eucb3.dwconv.0.weight",
+    "decoder.eucb3.dwconv.1.weight",
+    "decoder.eucb3.dwconv.1.bias",
+    "decoder.eucb3.dwconv.1.running_mean",
+    "decoder.eucb3.dwconv.1.running_var",
+    "decoder.eucb3.dwconv.1.num_batches_tracked",
+    "decoder.eucb3.pwconv.weight",
+    "decoder.eucb3.pwconv.bias",
+    "decoder.cab3.fc1.weight",
+    "decoder.cab3.fc2.weight",
+    "decoder.mscb3.pconv1.0.weight",
+    "decoder.mscb3.pconv1.1.weight",
+    "decoder.mscb3.pconv1.1.bias",
+    "decoder.mscb3.pconv1.1.running_mean",
+    "decoder.mscb3.pconv1.1.running_var",
+    "decoder.mscb3.pconv1.1.num_batches_tracked",
+    "decoder.mscb3.dwconvs.0.0.weight",
+    "decoder.mscb3.dwconvs.0.1.weight",
+    "decoder.mscb3.dwconvs.0.1.bias",
+    "decoder.mscb3.dwconvs.0.1.running_mean",
+    "decoder.mscb3.dwconvs.0.1.running_var",
+    "decoder.mscb3.dwconvs.0.1.num_batches_tracked",
+    "decoder.mscb3.dwconvs.1.0.weight",
+    "decoder.mscb3.dwconvs.1.1.weight",
+    "decoder.mscb3.dwconvs.1.1.bias",
+    "decoder.mscb3.dwconvs.1.1.running_mean",
+    "decoder.mscb3.dwconvs.1.1.running_var",
+    "decoder.mscb3.dwconvs.1.1.num_batches_tracked",
+    "decoder.mscb3.dwconvs.2.0.weight",
+    "decoder.mscb3.dwconvs.2.1.weight",
+    "decoder.mscb3.dwconvs.2.1.bias",
+    "decoder.mscb3.dwconvs.2.1.running_mean",
+    "decoder.mscb3.dwconvs.2.1.running_var",
+    "decoder.mscb3.dwconvs.2.1.num_batches_tracked",
+    "decoder.mscb3.pconv2.0.weight",
+    "decoder.mscb3.pconv2.1.weight",
+    "decoder.mscb3.pconv2.1.bias",
+    "decoder.mscb3.pconv2.1.running_mean",
+    "decoder.mscb3.pconv2.1.running_var",
+    "decoder.mscb3.pconv2.1.num_batches_tracked",
+    "decoder.eucb2.dwconv.0.weight",
+    "decoder.eucb2.dwconv.1.weight",
+    "decoder.eucb2.dwconv.1.bias",
+    "decoder.eucb2.dwconv.1.running_mean",
+    "decoder.eucb2.dwconv.1.running_var",
+    "decoder.eucb2.dwconv.1.num_batches_tracked",
+    "decoder.eucb2.pwconv.weight",
+    "decoder.eucb2.pwconv.bias",
+    "decoder.cab2.fc1.weight",
+    "decoder.cab2.fc2.weight",
+    "decoder.mscb2.pconv1.0.weight",
+    "decoder.mscb2.pconv1.1.weight",
+    "decoder.mscb2.pconv1.1.bias",
+    "decoder.mscb2.pconv1.1.running_mean",
+    "decoder.mscb2.pconv1.1.running_var",
+    "decoder.mscb2.pconv1.1.num_batches_tracked",
+    "decoder.mscb2.dwconvs.0.0.weight",
+    "decoder.mscb2.dwconvs.0.1.weight",
+    "decoder.mscb2.dwconvs.0.1.bias",
+    "decoder.mscb2.dwconvs.0.1.running_mean",
+    "decoder.mscb2.dwconvs.0.1.running_var",
+    "decoder.mscb2.dwconvs.0.1.num_batches_tracked",
+    "decoder.mscb2.dwconvs.1.0.weight",
+    "decoder.mscb2.dwconvs.1.1.weight",
+    "decoder.mscb2.dwconvs.1.1.bias",
+    "decoder.mscb2.dwconvs.1.1.running_mean",
+    "decoder.mscb2.dwconvs.1.1.running_var",
+    "decoder.mscb2.dwconvs.1.1.num_batches_tracked",
+    "decoder.mscb2.dwconvs.2.0.weight",
+    "decoder.mscb2.dwconvs.2.1.weight",
+    "decoder.mscb2.dwconvs.2.1.bias",
+    "decoder.mscb2.dwconvs.2.1.running_mean",
+    "decoder.mscb2.dwconvs.2.1.running_var",
+    "decoder.mscb2.dwconvs.2.1.num_batches_tracked",
+    "decoder.mscb2.pconv2.0.weight",
+    "decoder.mscb2.pconv2.1.weight",
+    "decoder.mscb2.pconv2.1.bias",
+    "decoder.mscb2.pconv2.1.running_mean",
+    "decoder.mscb2.pconv2.1.running_var",
+    "decoder.mscb2.pconv2.1.num_batches_tracked",
+    "decoder.eucb1.dwconv.0.weight",
+    "decoder.eucb1.dwconv.1.weight",
+    "decoder.eucb1.dwconv.1.bias",
+    "decoder.eucb1.dwconv.1.running_mean",
+    "decoder.eucb1.dwconv.1.running_var",
+    "decoder.eucb1.dwconv.1.num_batches_tracked",
+    "decoder.eucb1.pwconv.weight",
+    "decoder.eucb1.pwconv.bias",
+    "decoder.cab1.fc1.weight",
+    "decoder.cab1.fc2.weight",
+    "decoder.mscb1.pconv1.0.weight",
+    "decoder.mscb1.pconv1.1.weight",
+    "decoder.mscb1.pconv1.1.bias",
+    "decoder.mscb1.pconv1.1.running_mean",
+    "decoder.mscb1.pconv1.1.running_var",
+    "decoder.mscb1.pconv1.1.num_batches_tracked",
+    "decoder.mscb1.dwconvs.0.0.weight",
+    "decoder.mscb1.dwconvs.0.1.weight",
+    "decoder.mscb1.dwconvs.0.1.bias",
+    "decoder.mscb1.dwconvs.0.1.running_mean",
+    "decoder.mscb1.dwconvs.0.1.running_var",
+    "decoder.mscb1.dwconvs.0.1.num_batches_tracked",
+    "decoder.mscb1.dwconvs.1.0.weight",
+    "decoder.mscb1.dwconvs.1.1.weight",
+    "decoder.mscb1.dwconvs.1.1.bias",
+    "decoder.mscb1.dwconvs.1.1.running_mean",
+    "decoder.mscb1.dwconvs.1.1.running_var",
+    "decoder.mscb1.dwconvs.1.1.num_batches_tracked",
+    "decoder.mscb1.dwconvs.2.0.weight",
+    "decoder.mscb1.dwconvs.2.1.weight",
+    "decoder.mscb1.dwconvs.2.1.bias",
+    "decoder.mscb1.dwconvs.2.1.running_mean",
+    "decoder.mscb1.dwconvs.2.1.running_var",
+    "decoder.mscb1.dwconvs.2.1.num_batches_tracked",
+    "decoder.mscb1.pconv2.0.weight",
+    "decoder.mscb1.pconv2.1.weight",
+    "decoder.mscb1.pconv2.1.bias",
+    "decoder.mscb1.pconv2.1.running_mean",
+    "decoder.mscb1.pconv2.1.running_var",
+    "decoder.mscb1.pconv2.1.num_batches_tracked",
+    "decoder.sab.conv.weight",
+    "decoder.lgag3.W_g.0.weight",
+    "decoder.lgag3.W_g.0.bias",
+    "decoder.lgag3.W_g.1.weight",
+    "decoder.lgag3.W_g.1.bias",
+    "decoder.lgag3.W_g.1.running_mean",
+    "decoder.lgag3.W_g.1.running_var",
+    "decoder.lgag3.W_g.1.num_batches_tracked",
+    "decoder.lgag3.W_x.0.weight",
+    "decoder.lgag3.W_x.0.bias",
+    "decoder.lgag3.W_x.1.weight",
+    "decoder.lgag3.W_x.1.bias",
+    "decoder.lgag3.W_x.1.running_mean",
+    "decoder.lgag3.W_x.1.running_var",
+    "decoder.lgag3.W_x.1.num_batches_tracked",
+    "decoder.lgag3.psi.0.weight",
+    "decoder.lgag3.psi.0.bias",
+    "decoder.lgag3.psi.1.weight",
+    "decoder.lgag3.psi.1.bias",
+    "decoder.lgag3.psi.1.running_mean",
+    "decoder.lgag3.psi.1.running_var",
+    "decoder.lgag3.psi.1.num_batches_tracked",
+    "decoder.lgag2.W_g.0.weight",
+    "decoder.lgag2.W_g.0.bias",
+    "decoder.lgag2.W_g.1.weight",
+    "decoder.lgag2.W_g.1.bias",
+    "decoder.lgag2.W_g.1.running_mean",
+    "decoder.lgag2.W_g.1.running_var",
+    "decoder.lgag2.W_g.1.num_batches_tracked",
+    "decoder.lgag2.W_x.0.weight",
+    "decoder.lgag2.W_x.0.bias",
+    "decoder.lgag2.W_x.1.weight",
+    "decoder.lgag2.W_x.1.bias",
+    "decoder.lgag2.W_x.1.running_mean",
+    "decoder.lgag2.W_x.1.running_var",
+    "decoder.lgag2.W_x.1.num_batches_tracked",
+    "decoder.lgag2.psi.0.weight",
+    "decoder.lgag2.psi.0.bias",
+    "decoder.lgag2.psi.1.weight",
+    "decoder.lgag2.psi.1.bias",
+    "decoder.lgag2.psi.1.running_mean",
+    "decoder.lgag2.psi.1.running_var",
+    "decoder.lgag2.psi.1.num_batches_tracked",
+    "decoder.lgag1.W_g.0.weight",
+    "decoder.lgag1.W_g.0.bias",
+    "decoder.lgag1.W_g.1.weight",
+    "decoder.lgag1.W_g.1.bias",
+    "decoder.lgag1.W_g.1.running_mean",
+    "decoder.lgag1.W_g.1.running_var",
+    "decoder.lgag1.W_g.1.num_batches_tracked",
+    "decoder.lgag1.W_x.0.weight",
+    "decoder.lgag1.W_x.0.bias",
+    "decoder.lgag1.W_x.1.weight",
+    "decoder.lgag1.W_x.1.bias",
+    "decoder.lgag1.W_x.1.running_mean",
+    "decoder.lgag1.W_x.1.running_var",
+    "decoder.lgag1.W_x.1.num_batches_tracked",
+    "decoder.lgag1.psi.0.weight",
+    "decoder.lgag1.psi.0.bias",
+    "decoder.lgag1.psi.1.weight",
+    "decoder.lgag1.psi.1.bias",
+    "decoder.lgag1.psi.1.running_mean",
+    "decoder.lgag1.psi.1.running_var",
+    "decoder.lgag1.psi.1.num_batches_tracked",
+    "head4.weight",
+    "head4.bias",
+    "head3.weight",
+    "head3.bias",
+    "head2.weight",
+    "head2.bias",
+    "head1.weight",
+    "head1.bias",
+]
+
+PINNED = {  # recorded before the change: torch 2.13.0+cpu, one thread (see test_seeded_networks_unchanged)
+    "emcad-b0-in1-skip1-x0-zero": {
+        "sd": "54afba1fc6059d8c7f581b248bb4b75d4a18fb906cefd85439bbc419bf7afdf3",
+        "eval": "0644cfc6da2cd7c51f2d3ec5b71c688a370f1f27e509393e365716c4a39a5eac",
+        "train": "04b0057a942179b0691f3017ec868bb3f8c630a085766e9eb6a1f8092992ade2",
+        "grad": "437da3440c83b68e6cdf9d4c306e2c90001a146ca7ce161f303431307a4fa2c9",
+    },
+    "emcad-b0-in1-skip1-x1-zero": {
+        "sd": "f0f7c49bb91dcad5b66c7b791ab86c822ff1e0b9819e34274e59230f6358e0f7",
+        "eval": "803b58f8d51dc61395ff3da2b53bbbc8da54ef2f166a0c75c5fbeff5fe12a13a",
+        "train": "64b92a2a070d4e53a9c356bb91f80da237cce622e85694e892e61e936fac5a85",
+        "grad": "d4db980959848f734f2b08808efa7024cbed9f2990a445fbba589ef8c44d4ab6",
+    },
+    "emcad-b0-in1-skip1-x1-normal": {
+        "sd": "3fc7b671dffdc7eaf8dfec2f0b0ba33b071e502bc6cf61df256a7040329918d4",
+        "eval": "bb3b5c2953adad5b05435b3ae3eba71ae3e2f754c2a5967ca70b21ffeca9ee9a",
+        "train": "1383287ffc2103e58af0937e1cde5e0eb189fb98a0da5f8dcbe80cd6bcec6b75",
+        "grad": "352c279b71d5162bd5869776bf0c7ecafbd6af25fd07aed4fcc240554c08a9de",
+    },
+    "emcad-b0-in1-skip0-x0-zero": {
+        "sd": "c2136bd8564ff18b88e64abf8dcd89ed705514ddcd61e2e96faa35f2b2b20183",
+        "eval": "383300fa283c44b32db3a537c9dfc81fef827eecad175b84ede6f83c1d691a09",
+        "train": "7a8ac36b0280d9d10d9be0e23d6c785d4b600d56a4f9ad88df14098abcf8f7ac",
+        "grad": "89380acb3d059a7df83d19e19602b7de0eb7dd338f63380073e76db3db264587",
+    },
+    "emcad-b0-in1-skip0-x1-zero": {
+        "sd": "7b5b6e0dc97b8c72ff355f53d9ac86e3fee009602257ec9bb0f2893506f6773d",
+        "eval": "46db8471e9dc1492a0c870e2413de04ddc14bb0def3e1c05bc72c0e1dfdf5b80",
+        "train": "6aad73aa84a143096aa001680904a8b904761a55b087c413b7c48fc0c48c5f6d",
+        "grad": "526bf2a03af6069a850e5c44c2d35e9ff1b79f98619395423ef79625d132358c",
+    },
+    "emcad-b0-in1-skip0-x1-normal": {
+        "sd": "2e093853fd7b640e64f90183d914ba6942806f81925db921698b382770e9da7a",
+        "eval": "a56741230c74837d5cce19f29476b819b1a2a304ac143b29e1d339422f81ab7c",
+        "train": "d92be7404943484212b7418f38e4cb70ce0629027c9da324b87f58d6aefacc96",
+        "grad": "0361ed9d41ffe8c4d5764b512c9a77cd06185521e8f818ddd8c238cb6c1f99c0",
+    },
+}
+PINNED_TORCH = "2.13.0+cpu"
+
+
+def _old_order(net: torch.nn.Module) -> list:
+    """The old-layout key names of ``net``'s state dict, in the old registration order."""
+    current = list(net.state_dict())
+    routing = [k for k in current if ".routing." in k]
+    old_routing = [f"decoder.routing{4 - int(k.split('.')[2])}." + k.split(".routing.", 1)[1] for k in routing]
+    decoder = [k for k in OLD_KEYS if k.startswith("decoder.") and (net.decoder.skip or ".lgag" not in k)]
+    heads = [k for k in OLD_KEYS if k.startswith("head")]
+    stem_encoder = [k for k in current if k.startswith(("stem.", "encoder."))]
+    return stem_encoder + decoder + old_routing + heads
+
+
+def _old_state_dict(net: torch.nn.Module) -> dict:
+    """``net``'s state dict as the code before the change saved it (old names, old order)."""
+    old = _old_order(net)
+    mapping = dict(zip(old, convert_emcad_state_dict(dict.fromkeys(old))))
+    current = net.state_dict()
+    assert sorted(mapping.values()) == sorted(current)  # the converter is a bijection onto the current keys
+    return {k: current[mapping[k]] for k in old}
+
+
+@pytest.mark.parametrize("xattnres", [False, True])
+def test_converter_maps_old_keys_exactly(xattnres):
+    net = EMCADNet(encoder="b2", xattnres=xattnres)
+    current = list(net.state_dict())
+    old = _old_order(net)
+    converted = list(convert_emcad_state_dict(dict.fromkeys(old)))
+    assert len(converted) == len(old) == len(current) and set(converted) == set(current)
+    expected = {
+        "decoder.cab4.fc1.weight": "decoder.stages.0.cab.fc1.weight",
+        "decoder.mscb4.pconv2.1.running_var": "decoder.stages.0.mscb.pconv2.1.running_var",
+        "decoder.eucb3.dwconv.0.weight": "decoder.stages.1.up.dwconv.0.weight",
+        "decoder.cab1.fc2.weight": "decoder.stages.3.cab.fc2.weight",
+        "decoder.lgag3.W_g.0.weight": "decoder.stages.1.gate.W_g.0.weight",
+        "decoder.lgag1.psi.1.num_batches_tracked": "decoder.stages.3.gate.psi.1.num_batches_tracked",
+        "decoder.sab.conv.weight": "decoder.sab.conv.weight",
+        "head4.weight": "heads.0.weight",
+        "head1.bias": "heads.3.bias",
+        "encoder.patch_embed1.proj.weight": "encoder.patch_embed1.proj.weight",
+    }
+    if xattnres:
+        expected.update({"decoder.routing4.query": "decoder.stages.0.routing.query",
+                         "decoder.routing1.gain": "decoder.stages.3.routing.gain"})  # fmt: skip
+    mapping = dict(zip(old, converted))
+    assert {k: mapping[k] for k in expected} == expected
+    # current names pass unchanged (converting twice is harmless), values and order are kept
+    assert list(convert_emcad_state_dict(dict.fromkeys(current))) == current
+    values = {k: object() for k in old}
+    assert list(convert_emcad_state_dict(values).values()) == list(values.values())
+    # a DataParallel checkpoint: the prefix
+    assert list(convert_emcad_state_dict({"module.head2.weight": 0, "head2.weight": 1}, prefix="module.")) == [
+        "module.heads.2.weight",
+        "head2.weight",
+    ]
+
+
+@pytest.mark.parametrize("xattnres", [False, True])
+def test_old_checkpoint_loads_strictly_with_identical_outputs(xattnres):
+    torch.manual_seed(0)
+    net = EMCADNet(in_channels=1, out_channels=2, encoder="b0", xattnres=xattnres, query_init="normal").eval()
+    old = _old_state_dict(net)
+    assert any(k.startswith("decoder.cab4.") for k in old) and "head1.weight" in old
+    torch.manual_seed(1)
+    other = EMCADNet(in_channels=1, out_channels=2, encoder="b0", xattnres=xattnres, query_init="normal").eval()
+    x = torch.randn(1, 1, 64, 48)
+    with torch.no_grad():
+        assert not torch.equal(other(x), net(x))
+        result = other.load_state_dict(old, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        assert torch.equal(other(x), net(x))
+    assert list(old)[0].startswith("stem.") and "decoder.cab4.fc1.weight" in old  # the caller's dict is not renamed
+    # the converted dict loads as well; so does a network nested in another module (prefix), and the decoder alone
+    other.load_state_dict(convert_emcad_state_dict(old), strict=True)
+    wrapper = torch.nn.Sequential(other)
+    wrapper.load_state_dict({f"0.{k}": v for k, v in old.items()}, strict=True)
+    decoder_old = {k[len("decoder."):]: v for k, v in old.items() if k.startswith("decoder.")}
+    EMCADDecoder(2, (256, 160, 64, 32), xattnres=xattnres).load_state_dict(decoder_old, strict=True)
+    # the package's strict checkpoint loading (evaluation, inference, resume) takes old checkpoints too
+    from xattnres_monai.handlers.resume import _load_objects
+    from xattnres_monai.networks.utils import state_dict_mismatch
+
+    assert state_dict_mismatch(other, old) == ""
+    torch.manual_seed(2)
+    fresh = EMCADNet(in_channels=1, out_channels=2, encoder="b0", xattnres=xattnres, query_init="normal").eval()
+    _load_objects("old.pt", {"model": fresh}, {"model": old})
+    with torch.no_grad():
+        assert torch.equal(fresh(x), net(x))
+    # real mismatches are still refused: an old checkpoint with skips into a network without them
+    no_skip = EMCADNet(in_channels=1, out_channels=2, encoder="b0", xattnres=xattnres, skip=False)
+    assert "decoder.stages.1.gate" in state_dict_mismatch(no_skip, old)
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*decoder\.stages\.1\.gate"):
+        no_skip.load_state_dict(old, strict=True)
+
+
+def test_converter_renames_metadata_and_refuses_duplicates():
+    from collections import OrderedDict
+
+    old = OrderedDict({"decoder.lgag3.psi.1.weight": 0, "head1.weight": 1, "encoder.norm1.weight": 2})
+    old._metadata = OrderedDict([("", {"version": 1}), ("decoder", {"version": 1}), ("decoder.lgag3.psi.1", {"version": 2}),
+                                 ("head1", {"version": 1}), ("encoder.norm1", {"version": 1})])  # fmt: skip
+    converted = convert_emcad_state_dict(old)
+    assert list(converted) == ["decoder.stages.1.gate.psi.1.weight", "heads.3.weight", "encoder.norm1.weight"]
+    assert list(converted._metadata) == ["", "decoder", "decoder.stages.1.gate.psi.1", "heads.3", "encoder.norm1"]
+    assert converted._metadata["decoder.stages.1.gate.psi.1"] == {"version": 2}
+    with pytest.raises(ValueError, match="both older and current"):
+        convert_emcad_state_dict({"head1.weight": 0, "heads.3.weight": 1})
+    assert upgrade_emcad_decoder_key("routing1.projections.6.weight") == "stages.3.routing.projections.6.weight"
+    assert upgrade_emcad_decoder_key("eucb4.pwconv.weight") == "eucb4.pwconv.weight"  # never existed
+    assert upgrade_emcad_decoder_key("stages.0.cab.fc1.weight") == "stages.0.cab.fc1.weight"
+
+
+def test_stages_are_module_lists_coarse_to_fine():
+    net = EMCADNet(encoder="b0", xattnres=True)
+    assert isinstance(net.heads, torch.nn.ModuleList) and len(net.heads) == 4
+    assert [h.in_channels for h in net.heads] == [256, 160, 64, 32]
+    assert isinstance(net.decoder.stages, torch.nn.ModuleList) and len(net.decoder.stages) == 4
+    assert [s.cab.fc2.out_channels for s in net.decoder.stages] == [256, 160, 64, 32]
+    assert [s.up.pwconv.out_channels for s in net.decoder.stages[1:]] == [160, 64, 32]
+    with pytest.raises(ValueError, match="EMCADStage: gate must be a LGAG"):
+        EMCADStage(CAB(2, 8), MSCB(2, 8), gate=CAB(2, 8))
+
+
+def _sha(tensors) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_seeded_networks_unchanged(case):
+    """Seeded construction and outputs bit for bit as recorded before the stages became lists.
+
+    ``sd``: every parameter and buffer after ``torch.manual_seed(0)`` (in the old order, so creation order
+    matters); ``eval`` / ``train``: the eval output and the four deep-supervision heads of a seeded input;
+    ``grad``: the gradient of the last head's bias. Digests of this torch version's CPU kernels, one thread.
+    """
+    if torch.__version__ != PINNED_TORCH:
+        pytest.skip(f"digests recorded with torch {PINNED_TORCH}")
+    _, enc, in_ch, skip, xattnres, query_init = case.split("-")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = EMCADNet(in_channels=int(in_ch[2:]), out_channels=2, encoder=enc, skip=skip == "skip1",
+                       xattnres=xattnres == "x1", query_init=query_init, deep_supervision=True)  # fmt: skip
+        x = torch.randn(1, int(in_ch[2:]), 64, 48)
+        old = _old_state_dict(net)
+        net.eval()
+        with torch.no_grad():
+            y = net(x)
+        net.train()
+        heads = net(x)
+        (grad,) = torch.autograd.grad(sum(o.square().mean() for o in heads), [net.heads[-1].bias])
+    finally:
+        torch.set_num_threads(previous)
+    digests = {"sd": _sha(old.values()), "eval": _sha([y]), "train": _sha(heads), "grad": _sha([grad])}
+    assert digests == PINNED[case]

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xattnres_monai.data.image_phantoms import write_image_release
 from xattnres_monai.data.images import prepare_images
+from xattnres_monai.testing.image_phantoms import write_image_release
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 DATASETS = {

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xattnres_monai.data import image_phantoms
-from xattnres_monai.data.image_phantoms import generate_image_case, isic_subset_sizes, write_image_release
+from xattnres_monai.cli import image_phantoms
+from xattnres_monai.cli.images import main
 from xattnres_monai.data.images import (
     check_mask_values,
     load_split_file,
-    main,
     natural_key,
     prepare_images,
     split_cases,
 )
+from xattnres_monai.testing.image_phantoms import generate_image_case, isic_subset_sizes, write_image_release
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (24, 28)  # tiny: +-8 px per case

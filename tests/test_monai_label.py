@@ -36,8 +36,8 @@ import numpy as np
 import pytest
 
 from tests import corpus
-from xattnres_monai.data.phantoms import write_phantoms
 from xattnres_monai.data.synapse import prepare_synapse, remap_btcv_label
+from xattnres_monai.testing.phantoms import write_phantoms
 
 #: the end-to-end tests: slow, and only where the lock of requirements-label.txt installs
 label_env_test = pytest.mark.skipif(
@@ -213,7 +213,7 @@ def test_strict_network_refuses_partial_loads():
     import torch
 
     from xattnres_monai.networks.nets import XAttnResUNet
-    from xattnres_monai.tools.label_server import strict_network
+    from xattnres_monai.networks.utils import strict_network
 
     network = strict_network("xattnres_monai.networks.nets.XAttnResUNet", spatial_dims=2, in_channels=1,
                              out_channels=9)  # fmt: skip
@@ -252,10 +252,14 @@ def test_deploy_bundle_writes_the_monai_label_training_settings(tmp_path):
     assert deployed["path"] == app / "model" / MODEL and deployed["weights"].startswith("copied")
     train = json.loads((deployed["path"] / "configs" / "train.json").read_text())
     assert {k: train[k] for k in LABEL_TRAIN_SETTINGS} == {"resume": False, "overwrite": True, "val_interval": 1}
-    disabled = [h for h in train["train"]["handlers"] if h.get("_disabled_")]
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(json.loads(json.dumps(train)))  # the handlers' "_disabled_" expressions resolved, as the bundle run resolves them
+    handlers = train["train"]["handlers"]
+    disabled = [h for i, h in enumerate(handlers) if parser.get_parsed_content(f"train#handlers#{i}#_disabled_")]
     assert [h["_target_"] for h in disabled] == ["xattnres_monai.handlers.EpochCheckpoint"]
     source = json.loads((CONFIGS / "train.json").read_text())  # everything else as in the bundle
-    for key in set(source) - set(LABEL_TRAIN_SETTINGS) - {"train"}:
+    for key in set(source) - set(LABEL_TRAIN_SETTINGS) - {"train", "disabled_handlers"}:
         assert train[key] == source[key], key
     assert (deployed["path"] / "configs" / "inference.json").read_bytes() == (CONFIGS / "inference.json").read_bytes()
     assert check_weights(deployed["path"]).endswith("model.pt")
@@ -362,7 +366,7 @@ def test_training_through_the_server_replaces_model_pt(server, work):
 
     import torch
 
-    from xattnres_monai.tools.label_server import strict_network
+    from xattnres_monai.networks.utils import strict_network
 
     network = strict_network("xattnres_monai.networks.nets.XAttnResUNet", spatial_dims=2, in_channels=1,
                              out_channels=9)  # fmt: skip
@@ -454,8 +458,8 @@ def work_2d(tmp_path_factory) -> dict:
     from monai.bundle import ConfigWorkflow
     from PIL import Image
 
-    from xattnres_monai.data.image_phantoms import write_image_release
     from xattnres_monai.data.images import prepare_images
+    from xattnres_monai.testing.image_phantoms import write_image_release
 
     root = tmp_path_factory.mktemp("monai_label_2d")
     write_image_release("colondb", root / "raw", n_cases=8, size=(64, 80), seed=1)

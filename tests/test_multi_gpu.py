@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,23 +62,68 @@ def test_multi_gpu_override_structure(bundle):
     # construct the loggers on every rank (TensorBoard creates its event file in the constructor)
     assert parser["train#trainer#train_handlers"] == "@train#handlers"
     assert parser["validate#evaluator#val_handlers"] == "@validate#handlers"
-    for section in ("train", "validate"):
-        for handler in parser[f"{section}#handlers"]:
-            name = handler["_target_"].rsplit(".", 1)[-1]
-            disabled = handler.get("_disabled_", False)
-            if name in RANK0_ONLY:
-                assert disabled == "$@rank > 0", f"{section} handler {name} must run on rank 0 only"
-            elif name in EVERY_RANK:
-                assert not disabled, f"{section} handler {name} must run on every rank"
+    for rank in (0, 1, 3):
+        for section, handlers in _disabled_handlers(parser, rank).items():
+            for name, disabled in handlers:
+                if name in RANK0_ONLY:
+                    assert disabled == (rank > 0), f"{section} handler {name} must run on rank 0 only"
+                elif name in EVERY_RANK:
+                    assert not disabled, f"{section} handler {name} must run on every rank"
     init = " ".join(str(x) for x in parser["initialize"])
     # ignite creates its distributed context (a collective) on first use: every rank must do it at the same point
     assert "idist.sync()" in init and "init_process_group" in init
     assert init.index("init_process_group") < init.index("idist.sync()")
 
 
+def _disabled_handlers(parser, rank: int) -> dict:
+    """{section: [(class name, disabled on ``rank``)]}: each handler's ``_disabled_`` resolved by the config parser."""
+    parser["rank"] = rank
+    out = {}
+    for section in ("train", "validate"):
+        out[section] = [
+            (handler["_target_"].rsplit(".", 1)[-1],
+             bool(parser.get_parsed_content(f"{section}#handlers#{i}#_disabled_")) if "_disabled_" in handler else False)
+            for i, handler in enumerate(parser[f"{section}#handlers"])
+        ]  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("bundle", MULTI_GPU_BUNDLES, ids=lambda p: p.name)
+def test_rank_zero_only_handlers_are_chosen_by_name(bundle, tmp_path):
+    """Inserting a handler anywhere in train.json (MONAI Label inserts a CheckpointLoader first when it fine-tunes)
+    leaves the same handlers rank-0-only: multi_gpu_train.json names them, it does not count positions."""
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    names = {}
+    for section in ("train", "validate"):
+        for handler in train[section]["handlers"]:
+            name = re.fullmatch(r"\$'(\w+)' in @disabled_handlers", str(handler.get("_disabled_", "")))
+            assert name, f"{section} handler {handler['_target_']} has no name (its _disabled_ is not the by-name test)"
+            names.setdefault(name.group(1), []).append(handler["_target_"])
+    rank0_only = _merged(bundle)["rank_zero_only_handlers"]
+    assert all(len(names.get(n, [])) == 1 for n in rank0_only), f"every rank-0-only name must name one handler: {names}"
+
+    before = {rank: _disabled_handlers(_merged(bundle), rank) for rank in (0, 1)}
+    assert any(disabled for _, disabled in before[1]["train"]) and not any(d for _, d in before[0]["train"])
+    inserted = {"_target_": "CheckpointLoader", "load_path": "pretrained.pt", "load_dict": {"model": "@network"}}
+    for section in ("train", "validate"):
+        train[section]["handlers"].insert(0, dict(inserted))  # before every handler: every position shifts
+        train[section]["handlers"].insert(3, {"_target_": "StatsHandler", "_disabled_": "$'extra' in @disabled_handlers"})
+    (tmp_path / "train.json").write_text(json.dumps(train, indent=4))
+    from monai.bundle import ConfigParser
+
+    for rank in (0, 1):
+        parser = ConfigParser()
+        parser.read_config([str(tmp_path / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
+        after = _disabled_handlers(parser, rank)
+        for section in ("train", "validate"):
+            assert after[section][0] == ("CheckpointLoader", False), "an inserted handler runs on every rank"
+            assert after[section][3] == ("StatsHandler", False), "a handler not named rank-0-only runs on every rank"
+            assert after[section][1:3] + after[section][4:] == before[rank][section], (section, rank)
+
+
 def _write_synapse_data(root: Path) -> Path:
-    from xattnres_monai.data.phantoms import write_phantoms
     from xattnres_monai.data.synapse import prepare_synapse
+    from xattnres_monai.testing.phantoms import write_phantoms
 
     write_phantoms(root / "raw", cases=4, size=(32, 32, 16), seed=0)
     prepare_synapse(root / "raw", root / "datalist.json", split="random", num_val=1)

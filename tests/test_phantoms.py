@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from xattnres_monai.data.phantoms import ORGAN_HU, generate_phantom, main, phantom_affine, write_phantoms
+from xattnres_monai.cli.phantoms import main
 from xattnres_monai.data.synapse import remap_btcv_label
+from xattnres_monai.testing.phantoms import ORGAN_HU, generate_phantom, phantom_affine, write_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (48, 48, 24)

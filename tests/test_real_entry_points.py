@@ -47,8 +47,8 @@ pytestmark = pytest.mark.slow
 AFFINE_TOL = 1e-4
 #: pyCERR patients prepared for training (all 4 are segmented by inference)
 TRAIN_PATIENTS = ("pat_2", "pat_3", "pat_4")
-#: single-slice DICOM folders segmented by inference: uncompressed CT, JPEG 2000 lossless CT, big-endian MR, RLE MR
-SINGLE_SLICES = ("CT_small", "693_J2KR", "MR_small_bigendian", "MR_small_RLE")
+#: single-slice DICOM folders segmented by inference: uncompressed CT, JPEG 2000 lossless CT, big-endian MR
+SINGLE_SLICES = ("CT_small", "693_J2KR", "MR_small_bigendian")
 #: the slice of the damaged copy of pat_2 that is truncated (index in the sorted file list)
 DAMAGED_SLICE = 20
 

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from xattnres_monai.data.phantoms import write_phantoms
 from xattnres_monai.data.synapse import prepare_synapse
+from xattnres_monai.testing.phantoms import write_phantoms
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "synapse_ct_segmentation"
 CONFIGS = BUNDLE / "configs"

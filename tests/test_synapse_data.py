@@ -162,7 +162,7 @@ def test_btcv_flat_layout_random_split(tmp_path):
 
 
 def test_phantoms_through_the_pipeline(tmp_path):
-    from xattnres_monai.data.phantoms import write_phantoms
+    from xattnres_monai.testing.phantoms import write_phantoms
 
     write_phantoms(tmp_path / "ph", cases=4, size=(32, 32, 16), seed=1)
     datalist = prepare_synapse(tmp_path / "ph", tmp_path / "out" / "datalist.json")

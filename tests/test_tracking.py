@@ -27,8 +27,8 @@ def test_mlflow_tracking_to_a_local_store(tmp_path):
     from mlflow.tracking import MlflowClient
     from monai.utils import path_to_sqlite_uri
 
-    from xattnres_monai.data.phantoms import write_phantoms
     from xattnres_monai.data.synapse import prepare_synapse
+    from xattnres_monai.testing.phantoms import write_phantoms
 
     write_phantoms(tmp_path / "raw", cases=4, size=(32, 32, 16), seed=0)
     prepare_synapse(tmp_path / "raw", tmp_path / "datalist.json", split="random", num_val=1)

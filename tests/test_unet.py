@@ -124,3 +124,36 @@ def test_summary_command_prints_every_configuration(capsys):
     for name in UNET_CONFIGURATIONS:
         assert name in out
     assert "1,080,641" in out
+
+
+def test_double_conv_act_norm_monai_style():
+    from monai.networks.blocks import Convolution
+
+    from xattnres_monai.networks.nets.xattnres_unet import DoubleConv
+
+    # the defaults are the classic block: same modules, keys and parameter count as before act / norm existed
+    torch.manual_seed(0)
+    default = XAttnResUNet(2, 1, 3)
+    torch.manual_seed(0)
+    spelled = XAttnResUNet(2, 1, 3, act="relu", norm="batch")
+    assert count_parameters(default) == 1_153_315 and list(default.state_dict()) == list(spelled.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), spelled.state_dict().values()))
+    block = default.encoder[0].conv
+    assert isinstance(block.conv_0, Convolution) and isinstance(block.conv_1.adn.N, torch.nn.BatchNorm2d)
+    assert isinstance(block.conv_0.adn.A, torch.nn.ReLU) and block.conv_0.conv.bias is None
+    # other layers, MONAI's way, reach every DoubleConv
+    net = XAttnResUNet(2, 1, 3, act=("leakyrelu", {"negative_slope": 0.1}), norm=("instance", {"affine": True}))
+    convs = [m for m in net.modules() if isinstance(m, DoubleConv)]
+    assert len(convs) == 9
+    for conv in convs:
+        for layer in (conv.conv_0, conv.conv_1):
+            assert isinstance(layer.adn.A, torch.nn.LeakyReLU) and layer.adn.A.negative_slope == 0.1
+            assert isinstance(layer.adn.N, torch.nn.InstanceNorm2d) and layer.adn.N.affine
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert net(torch.randn(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    assert isinstance(XAttnResUNet(3, 1, 2, norm="batch").encoder[0].conv.conv_0.adn.N, torch.nn.BatchNorm3d)
+    assert not hasattr(DoubleConv(2, 4, 8, norm=None).conv_0.adn, "N")
+    with pytest.raises(ValueError, match=r"XAttnResUNet: norm must be .* got 'foo'\."):
+        XAttnResUNet(2, 1, 3, norm="foo")
+    with pytest.raises(ValueError, match="DoubleConv: act must be"):
+        DoubleConv(2, 4, 8, act=("relu", 3))

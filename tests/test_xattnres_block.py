@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.xattnres_reference import resize, stacked_xattnres
+from xattnres_monai.networks import ops
 from xattnres_monai.networks.blocks import QUERY_INITS, XAttnRes
-from xattnres_monai.networks.blocks import xattnres_cpu
+from xattnres_monai.networks.ops import fused_cpu
+from xattnres_monai.networks.ops.reference import resize, stacked_xattnres
 
 # (spatial_dims, target channels, target size, history [(channels, size)])
 CASES = {
@@ -39,12 +40,10 @@ def test_zero_query_gives_mean_of_aligned_entries(name):
 @pytest.fixture(params=["fused_cpu", "pytorch"])
 def implementation(request):
     """Run a test with the fused CPU kernel and with the PyTorch formulation (CUDA / fallback / scripted path)."""
-    fused = request.param == "fused_cpu"
-    if fused and not xattnres_cpu.fused_cpu_available(torch.zeros(1)):
-        pytest.fail("the fused CPU kernel did not build here (a C++ compiler is needed)")
-    previous = xattnres_cpu.set_fused_cpu(fused)
-    yield request.param
-    xattnres_cpu.set_fused_cpu(previous)
+    with ops.use_implementation("default" if request.param == "fused_cpu" else "pytorch"):
+        if ops.implementation_for(torch.zeros(1), [torch.zeros(1)]) != request.param:
+            pytest.fail(f"{request.param} does not run here (the fused CPU kernel needs a C++ compiler to build)")
+        yield request.param
 
 
 @pytest.mark.parametrize("batch", [2, 1])
@@ -65,7 +64,7 @@ def test_optimised_matches_stacked_equations(name, batch, implementation):
 @pytest.mark.parametrize("batch", [2, 1])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hand_written_backward_matches_autograd_of_the_equations(name, batch, implementation):
-    """The training path's backward (fused kernel or ``_Aggregate``) against autograd through the literal equations.
+    """The training path's backward (fused kernel or ``ops.pytorch.Aggregate``) against autograd through the literal equations.
 
     Batch 1 runs the fused kernel's row-chunked path (several threads on one image)."""
     block, x, history = make_case(name, seed=2, batch=batch)
@@ -103,17 +102,14 @@ def _compare_float32_implementations():
     history = [torch.randn(3, c, 64 // s, 64 // s) for c, s in zip(channels, scales)]
     x = torch.randn(3, 16, 64, 64)
     results = []
-    for fused in (True, False):
-        previous = xattnres_cpu.set_fused_cpu(fused)
-        try:
+    for implementation in ("default", "pytorch"):
+        with ops.use_implementation(implementation):
             inputs = [t.clone().requires_grad_() for t in [x] + history]
             block.zero_grad()
             out = block(inputs[0], inputs[1:])
             out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
             with torch.no_grad():
                 inference = block(x, history)
-        finally:
-            xattnres_cpu.set_fused_cpu(previous)
         torch.testing.assert_close(inference, out.detach())
         results.append([out.detach(), block.query.grad.clone()] + [t.grad for t in inputs])
     for a, b in zip(*results):
@@ -250,3 +246,63 @@ def test_block_is_scriptable():
         block.query.normal_()
     scripted = torch.jit.script(block)
     torch.testing.assert_close(scripted(x, history, {}), block(x, history))
+
+
+def test_implementation_for_follows_the_dispatch_rules(caplog):
+    values = [torch.randn(1, 4, 4, 4), torch.randn(1, 4, 8, 8)]
+    assert ops.implementation_for(values[-1], values) == "fused_cpu"  # eager, CPU, float32 (the kernel is built)
+    assert ops.implementation_for(values[-1], [v.double() for v in values]) == "fused_cpu"
+    assert ops.implementation_for(values[-1], [v.bfloat16() for v in values]) == "pytorch"
+    with ops.use_implementation("pytorch"):
+        assert ops.implementation_for(values[-1], values) == "pytorch"
+    seen = []
+    torch.jit.trace(lambda t: seen.append(ops.implementation_for(t, [t])) or t * 2, (values[-1],), check_trace=False)
+    assert seen == ["pytorch_graph"]
+    with pytest.raises(ValueError, match="'default' or 'pytorch'"):
+        with ops.use_implementation("cuda"):
+            pass
+    # the choice is logged (at DEBUG, once per implementation, device, dtype and autograd state)
+    ops.dispatch._logged.clear()
+    with caplog.at_level("DEBUG", logger="xattnres_monai.networks.ops.dispatch"):
+        for _ in range(2):
+            XAttnRes(2, 4, [4])(values[1], values[:1])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["XAttnRes aggregation: fused_cpu for cpu torch.float32 (grad True)"]
+
+
+def test_reference_aggregate_is_the_block_with_query_times_gain():
+    block, x, history = make_case("2d-mixed", seed=3)
+    with torch.no_grad():
+        block.query.normal_(std=2.0)
+        block.gain.uniform_(0.5, 1.5)
+    values = [p(resize(h, list(x.shape[2:]))) for p, h in zip(block.projections, history)] + [x]
+    expected = ops.reference.aggregate(block.query * block.gain, values, block.eps)
+    torch.testing.assert_close(ops.aggregate(block.query * block.gain, values, block.eps), expected)
+    torch.testing.assert_close(stacked_xattnres(block, x, history), expected)
+
+
+def test_cached_kernel_is_loaded_without_a_compiler_and_readable_by_all(tmp_path):
+    """A build in the cache is loaded as is: no compiler lookup, no subprocess (checked in a fresh process with both
+    booby-trapped). Builds are written read+execute for all, so a shared cache serves every user."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import sys
+
+    assert fused_cpu.available(torch.zeros(1))
+    built = fused_cpu._cached_path()
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755
+    shutil.copy2(built, tmp_path / built.name)
+    code = (
+        "import shutil, subprocess, warnings, torch\n"
+        "def trap(*args, **kwargs): raise AssertionError('compiler looked up')\n"
+        "shutil.which = subprocess.run = subprocess.Popen = trap\n"
+        "warnings.simplefilter('error')\n"
+        "from xattnres_monai.networks import ops\n"
+        "print(ops.implementation_for(torch.zeros(1), [torch.zeros(1)]))\n"
+    )
+    env = {**os.environ, "XATTNRES_KERNEL_CACHE": str(tmp_path), "PATH": ""}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "fused_cpu"

@@ -38,8 +38,8 @@ def save_nifti(path: Path, data: np.ndarray, affine: Optional[np.ndarray] = None
 
 def make_datalist(root: Path, cases: int = 3, size: Sequence[int] = (16, 16, 16)) -> Path:
     """Phantoms -> ``root/data/datalist.json`` (random split: 1 training, 1 validation, 1 test case for 3 cases)."""
-    from xattnres_monai.data.phantoms import write_phantoms
     from xattnres_monai.data.synapse import prepare_synapse
+    from xattnres_monai.testing.phantoms import write_phantoms
 
     write_phantoms(root / "raw", cases=cases, size=size, seed=0)
     datalist = root / "data" / "datalist.json"

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xattnres_monai.data.image_phantoms import write_image_release
+from xattnres_monai.testing.image_phantoms import write_image_release
 from tests.reliability.helpers import run_inprocess
 from xattnres_monai.data.images import prepare_images
 
@@ -218,7 +218,7 @@ def test_bad_mask_in_datalist_is_refused(source, tmp_path, capsys, entry, proble
 @pytest.mark.parametrize("problem", ["multi_frame", "huge_header", "nan_pixels", "inf_pixels", "constant"])
 def test_bad_image_in_release_is_refused_at_preparation(tmp_path, capsys, problem):
     """The image checks of inference (frames, size from the header, NaN, constant) also guard data preparation."""
-    from xattnres_monai.data.images import main
+    from xattnres_monai.cli.images import main
 
     write_image_release("colondb", tmp_path / "raw", n_cases=6, size=(40, 48), seed=4)
     first = sorted((tmp_path / "raw" / "images").iterdir())[0]

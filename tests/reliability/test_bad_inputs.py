@@ -71,7 +71,7 @@ def _make(bad: Bad, target: Path, tmp_path: Path) -> Path:
 
 
 def run_prepare(source: Path, tmp_path: Path, bad: Bad, role: str):
-    from xattnres_monai.data.synapse import main
+    from xattnres_monai.cli.synapse import main
 
     root, _ = _copy(source, tmp_path)
     raw = root / "raw"
@@ -190,7 +190,7 @@ def test_every_bad_file_is_reported_in_one_run(source, tmp_path):
 
 
 def test_prepare_refuses_missing_and_empty_folders(tmp_path):
-    from xattnres_monai.data.synapse import main
+    from xattnres_monai.cli.synapse import main
 
     (tmp_path / "empty").mkdir()
     for folder, message in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "no Synapse data")):
@@ -257,7 +257,7 @@ def test_inference_refuses_missing_and_empty_inputs(source, tmp_path, problem):
 
 def test_size_limit_is_configurable(source, tmp_path):
     """``max_voxels`` (bundle) / ``--max-voxels`` (data preparation): 16**3 = 4096 voxels > 4000."""
-    from xattnres_monai.data.synapse import main
+    from xattnres_monai.cli.synapse import main
 
     root, datalist = _copy(source, tmp_path)
     out = tmp_path / "masks"

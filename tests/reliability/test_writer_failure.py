@@ -122,11 +122,12 @@ def test_inference_mask_writer_fails_on_the_second_scan(source, tmp_path, monkey
 
 
 def test_data_preparation_label_writer_fails_on_the_second_case(source, tmp_path, monkeypatch):
+    from xattnres_monai.cli.synapse import main
     from xattnres_monai.data import synapse
 
     out = tmp_path / "prepared"
     monkeypatch.setattr(synapse.nib, "save", failing_on_call(nib.save, fail_at=2, name_filter=str(out)))
-    outcome = run_inprocess(lambda: synapse.main(["--input", str(source / "raw"), "--output", str(out / "d.json")]))
+    outcome = run_inprocess(lambda: main(["--input", str(source / "raw"), "--output", str(out / "d.json")]))
     assert outcome.code == 2
     assert outcome.stderr == f"error: {out / 'labels_9class' / 'label0002.nii.gz'}: No space left on device\n"
     # each label is staged while its case is checked and committed only once every case passed: a failure leaves

@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_dice, compute_iou
 
-from xattnres_monai.networks.summary import count_flops
+from xattnres_monai.networks.sizes import count_flops
 from xattnres_monai.networks.utils import count_parameters
 from xattnres_monai.utils.files import as_bool, atomic_write, check_writable, write_csv_atomic
 

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 
 from xattnres_monai.data.inputs import InferenceInputs
-from xattnres_monai.handlers.resume import exit_on_user_errors
+from xattnres_monai.handlers.errors import exit_on_user_errors
 from xattnres_monai.metrics import CONVENTIONS, evaluate_case, write_reports
 from xattnres_monai.utils.files import InputError, as_bool, check_writable
 

@@ -8,7 +8,8 @@
 
 Every checkpoint is read with ``torch.load(weights_only=True)``; a checkpoint of a different network
 configuration is refused with the names of the first mismatched keys. Bad or missing checkpoints and existing
-results end the run with a one-line ``error: <file>: <problem>`` and exit code 2 (see :func:`exit_on_user_errors`).
+results end the run with a one-line ``error: <file>: <problem>`` and exit code 2
+(:func:`~xattnres_monai.handlers.errors.exit_on_user_errors`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 
+from xattnres_monai.handlers.errors import exit_on_user_errors
 from xattnres_monai.networks.utils import state_dict_mismatch
-from xattnres_monai.utils.files import InputError, as_bool, atomic_write, find_user_error, report_and_exit
+from xattnres_monai.utils.files import InputError, as_bool, atomic_write
 
 __all__ = [
     "BestModelCheckpoint",
@@ -37,7 +39,6 @@ __all__ = [
     "RNGState",
     "ValidatorState",
     "check_folder_writable",
-    "exit_on_user_errors",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -45,39 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _TMP_RE = re.compile(r"^\.tmp-[0-9a-f]{8}-.+\.pt$")
-
-
-# ------------------------------------------------------------------------------------------------------ error exit
-
-
-def exit_on_user_errors(engine: Engine) -> None:
-    """Make a user error raised during ``engine.run`` end the process with ``error:`` lines and exit code 2.
-
-    Ignite hands an exception raised in a run to the ``EXCEPTION_RAISED`` handlers, and MONAI's
-    ``StatsHandler`` logs it with its stack trace. This installs, first in line, a handler that reports a
-    :data:`~xattnres_monai.utils.files.USER_ERRORS` error (bad input file or checkpoint, existing result, full
-    disk ...; also when wrapped by MONAI) as ``error: <file>: <problem>`` and raises ``SystemExit(2)``; other
-    exceptions go on to the other handlers (bugs keep their traceback). Installed once per engine by the
-    handlers of this module.
-    """
-    if getattr(engine, "_xattnres_exit_on_user_errors", False):
-        return
-
-    def on_exception(engine_: Engine, err: BaseException) -> None:
-        if isinstance(err, SystemExit):
-            raise err
-        found = find_user_error(err)
-        if found is not None:
-            report_and_exit(found)
-        handlers = getattr(engine_, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, [])
-        if not any(h[0] is not on_exception for h in handlers):
-            raise err  # nobody else will
-
-    engine.add_event_handler(Events.EXCEPTION_RAISED, on_exception)
-    handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED)
-    if handlers:  # first in line, before StatsHandler's traceback logging
-        handlers.insert(0, handlers.pop())
-    engine._xattnres_exit_on_user_errors = True  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------------- reading / saving

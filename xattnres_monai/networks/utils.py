@@ -1,16 +1,27 @@
-"""Inspection helpers for networks built with :class:`~xattnres_monai.networks.blocks.XAttnRes`."""
+"""Inspection helpers for networks built with :class:`~xattnres_monai.networks.blocks.XAttnRes`, and strict weight
+loading: :func:`format_key_mismatch` is the one description of weights that do not match a network (used by
+:func:`state_dict_mismatch`, :func:`strict_network`, the checkpoint handlers and the PVTv2 pretrained loader)."""
 
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
 
-__all__ = ["capture_attention", "check_input", "count_parameters", "state_dict_differences", "state_dict_mismatch"]
+__all__ = [
+    "capture_attention",
+    "check_input",
+    "count_parameters",
+    "format_key_mismatch",
+    "state_dict_differences",
+    "state_dict_mismatch",
+    "strict_network",
+]
 
 
 @contextmanager
@@ -83,9 +94,39 @@ def check_input(x: torch.Tensor, network: str, spatial_dims: int, in_channels: i
         )
 
 
-def _shown(keys: List[str], limit: int) -> str:
+def _shown(keys: Sequence[str], limit: int) -> str:
+    keys = [str(k) for k in keys]
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def format_key_mismatch(
+    missing: Sequence[str] = (), unexpected: Sequence[str] = (), shapes: Sequence[str] = (), limit: int = 5
+) -> str:
+    """How weights differ from the module they are loaded into, naming the first keys of each kind (``""``: none).
+
+    The one formatter of key mismatches: checkpoint loading, strict loading (:func:`strict_network`) and the
+    PVTv2 pretrained loader all describe a mismatch with it.
+
+    Args:
+        missing: keys of the module that the weights lack.
+        unexpected: keys of the weights that the module lacks.
+        shapes: shape mismatches, already described (see :func:`state_dict_differences`).
+        limit: how many keys to name per kind.
+
+    Example::
+
+        >>> format_key_mismatch(["a.weight", "a.bias", "b.weight"], ["c"], limit=2)
+        'missing keys: a.weight, a.bias (+1 more); unexpected keys: c'
+    """
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_shown(missing, limit)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_shown(unexpected, limit)}")
+    if shapes:
+        parts.append(f"shape mismatch: {_shown(shapes, limit)}")
+    return "; ".join(parts)
 
 
 def state_dict_differences(
@@ -112,7 +153,9 @@ def state_dict_mismatch(network: nn.Module, state_dict: Mapping[str, Any], limit
     """Why ``state_dict`` cannot be loaded strictly into ``network``, naming the first mismatched keys (``""``: it can).
 
     Compares key sets (missing / unexpected) and tensor shapes, without modifying ``network``. A
-    ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through (checkpoints hold the bare module).
+    ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through (checkpoints hold the bare module). A
+    network whose key names changed between versions provides ``upgrade_state_dict(state_dict)`` (as
+    :class:`~xattnres_monai.networks.nets.EMCADNet` does), and the keys of an older checkpoint are compared after it.
 
     Args:
         network: the network the weights are meant for.
@@ -129,12 +172,43 @@ def state_dict_mismatch(network: nn.Module, state_dict: Mapping[str, Any], limit
         network = network.module
     if not isinstance(state_dict, Mapping):
         return f"expected a state dict (mapping of names to tensors), got {type(state_dict).__name__}"
+    upgrade = getattr(network, "upgrade_state_dict", None)  # a network whose key names changed renames old ones
+    if callable(upgrade):
+        state_dict = upgrade(state_dict)
     missing, unexpected, shapes = state_dict_differences(network.state_dict(), state_dict, ("checkpoint", "network"))
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {_shown(missing, limit)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {_shown(unexpected, limit)}")
-    if shapes:
-        parts.append(f"shape mismatch: {_shown(shapes, limit)}")
-    return "; ".join(parts)
+    return format_key_mismatch(missing, unexpected, shapes, limit)
+
+
+def _refuse_partial_load(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: a load that left keys missing or unexpected is an error, whatever ``strict``."""
+    mismatch = format_key_mismatch(list(incompatible_keys.missing_keys), list(incompatible_keys.unexpected_keys))
+    if mismatch:
+        raise RuntimeError(
+            f"the weights do not match this {type(module).__name__} ({mismatch}): refusing a partial load, "
+            "which would leave the missing layers with random weights"
+        )
+
+
+def strict_network(target: str, **kwargs: Any) -> nn.Module:
+    """``target(**kwargs)`` (a network class given by its dotted path) whose ``load_state_dict`` is always strict.
+
+    MONAI Label 0.8.5 loads a bundle's ``models/model.pt`` with ``load_state_dict(strict=False)`` and only logs a
+    warning for mismatched keys, so the weights of another network configuration would be served with random
+    layers. The network returned here carries a ``load_state_dict`` post-hook that raises on missing or unexpected
+    keys (size mismatches raise in PyTorch anyway); it is otherwise the plain network (same state dict keys,
+    scriptable, exportable). The Synapse bundle's ``inference.json`` builds its ``network_def`` with it.
+
+    Args:
+        target: dotted path of the network class, e.g. ``"xattnres_monai.networks.nets.XAttnResUNet"``.
+        kwargs: the constructor arguments.
+
+    Example (``inference.json``)::
+
+        "network_def": {"_target_": "xattnres_monai.networks.utils.strict_network",
+                        "target": "xattnres_monai.networks.nets.XAttnResUNet", "spatial_dims": 2, ...}
+    """
+    module_name, _, name = str(target).rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    network = cls(**kwargs)
+    network.register_load_state_dict_post_hook(_refuse_partial_load)
+    return network

@@ -58,7 +58,6 @@ __all__ = [
     "main",
     "prepare_app",
     "server_command",
-    "strict_network",
 ]
 
 #: top-level settings written into the deployed ``configs/train.json``, whose ``EpochCheckpoint`` handler is also
@@ -67,46 +66,6 @@ LABEL_TRAIN_SETTINGS: Dict[str, Any] = {"resume": False, "overwrite": True, "val
 #: the pinned versions of the MONAI Label environment that :func:`check_environment` insists on.
 EXPECTED_VERSIONS = {"monailabel": "0.8.5", "monai": "1.6.1", "pydicom": "2.4.4"}
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "synapse_ct_segmentation"
-
-
-# ------------------------------------------------------------------------------------------ strict weight loading
-
-
-def _refuse_partial_load(module: Any, incompatible_keys: Any) -> None:
-    """``load_state_dict`` post-hook: a load that left keys missing or unexpected is an error, whatever ``strict``."""
-    missing, unexpected = list(incompatible_keys.missing_keys), list(incompatible_keys.unexpected_keys)
-    if missing or unexpected:
-
-        def shown(keys: List[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = ([f"missing keys: {shown(missing)}"] if missing else []) + (
-            [f"unexpected keys: {shown(unexpected)}"] if unexpected else []
-        )
-        raise RuntimeError(
-            f"the weights do not match this {type(module).__name__} ({'; '.join(parts)}): refusing a partial load, "
-            "which would leave the missing layers with random weights"
-        )
-
-
-def strict_network(target: str, **kwargs: Any) -> Any:
-    """``target(**kwargs)`` (a network class given by its dotted path) whose ``load_state_dict`` is always strict.
-
-    MONAI Label 0.8.5 loads a bundle's ``models/model.pt`` with ``load_state_dict(strict=False)`` and only logs a
-    warning for mismatched keys, so the weights of another network configuration would be served with random
-    layers. The network returned here carries a ``load_state_dict`` post-hook that raises on missing or unexpected
-    keys (size mismatches raise in PyTorch anyway); it is otherwise the plain network (same state dict keys,
-    scriptable, exportable). The Synapse bundle's ``inference.json`` builds its ``network_def`` with it.
-
-    Args:
-        target: dotted path of the network class, e.g. ``"xattnres_monai.networks.nets.XAttnResUNet"``.
-        kwargs: the constructor arguments.
-    """
-    module_name, _, name = str(target).rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
-    network = cls(**kwargs)
-    network.register_load_state_dict_post_hook(_refuse_partial_load)
-    return network
 
 
 # --------------------------------------------------------------------------------------------------- bundles
@@ -222,9 +181,9 @@ def deploy_bundle(
     overlays = monai_label_overlays(bundle)
     train = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
     train.update(LABEL_TRAIN_SETTINGS)
-    for handler in train.get("train", {}).get("handlers", []):
-        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith(".EpochCheckpoint"):
-            handler["_disabled_"] = True
+    # by name (the bundles' handlers are switched off by listing their names in disabled_handlers), not by position:
+    # MONAI Label inserts a CheckpointLoader into the handler list when it fine-tunes
+    train["disabled_handlers"] = sorted({*train.get("disabled_handlers", []), "epoch_checkpoint"})
     configs = {"train.json": train}
     if "inference.json" in overlays:
         configs["inference.json"] = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
@@ -253,6 +212,9 @@ def deploy_bundle(
 
 def check_weights(deployed: Path) -> str:
     """Load ``<deployed>/models/model.pt`` strictly into the inference network of the deployed bundle.
+
+    The network is the bundle's ``network_def``; the Synapse bundle builds it with
+    :func:`xattnres_monai.networks.utils.strict_network`, so MONAI Label's own non-strict load is refused too.
 
     Raises:
         InputError: the file is missing, not a ``weights_only`` checkpoint, or does not match the network.

@@ -10,6 +10,7 @@ import torch
 from monai.transforms import MapTransform
 from PIL import Image
 
+from xattnres_monai.data.images import mask_values
 from xattnres_monai.utils.files import as_bool, atomic_write
 
 __all__ = ["SavePNGMaskd", "to_gray", "to_rgb"]
@@ -54,8 +55,6 @@ def to_gray(image: Image.Image) -> Image.Image:
     """
     if image.mode == "L":
         return image
-    from xattnres_monai.data.images import mask_values  # lazy: the data module is also a command-line program
-
     values, full_scale = mask_values(image)
     return Image.fromarray(np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8), mode="L")
 

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import ADN
 from monai.networks.layers.factories import Conv
+from monai.utils import InterpolateMode
 from torch import nn
 
 from xattnres_monai.utils.options import as_bool, as_float, as_int, as_int_sequence
@@ -249,7 +250,7 @@ class _SkipFusion(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
-        self.upsample_mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        self.upsample_mode: str = (InterpolateMode.BILINEAR if spatial_dims == 2 else InterpolateMode.TRILINEAR).value
         self.conv = Conv[Conv.CONV, spatial_dims](channels, channels, kernel_size=1, bias=True)
         self.norm_act = ADN(ordering="NA", in_channels=channels, act="RELU", norm="BATCH", norm_dim=spatial_dims)
 

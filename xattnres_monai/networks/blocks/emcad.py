@@ -13,6 +13,7 @@ Blocks (2D only):
   3x3 conv + BN + ReLU, 1x1 conv ``C_in -> C_out`` (with bias).
 * :class:`LGAG` large-kernel grouped attention gate: ``x * sigmoid(BN(Conv1x1(ReLU(W_g g + W_x x))))``
   with ``W_g``, ``W_x`` = grouped 3x3 conv ``C -> C/2`` (``C/2`` groups, bias) + BN.
+* :class:`EMCADStage` one decoder stage's blocks (``EUCB``, XAttnRes, ``LGAG``, ``CAB``, ``MSCB``).
 * :class:`EMCADDecoder` the four-stage cascade (see its docstring), optionally with XAttnRes.
 
 All convolutions of the decoder are initialised with ``normal(std=0.02)`` weights and zero biases,
@@ -21,16 +22,29 @@ batch norms with unit weight and zero bias, as in the reference implementation.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Any, Dict, List, MutableMapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.utils import InterpolateMode
 from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
-__all__ = ["CAB", "SAB", "MSCB", "EUCB", "LGAG", "EMCADDecoder", "channel_shuffle", "init_emcad_weights"]
+__all__ = [
+    "CAB",
+    "SAB",
+    "MSCB",
+    "EUCB",
+    "LGAG",
+    "EMCADStage",
+    "EMCADDecoder",
+    "channel_shuffle",
+    "init_emcad_weights",
+    "upgrade_emcad_decoder_key",
+]
 
 
 def _check_2d(name: str, spatial_dims: int) -> None:
@@ -219,13 +233,14 @@ class EUCB(nn.Module):
         )
         # (the reference shuffles with groups = in_channels here, which is the identity)
         self.pwconv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
+        self.upsample_mode: str = InterpolateMode.NEAREST.value
         init_emcad_weights(self)
 
     def forward(self, x: torch.Tensor, size: Optional[List[int]] = None) -> torch.Tensor:
         if size is None:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = F.interpolate(x, scale_factor=2.0, mode=self.upsample_mode)
         else:
-            x = F.interpolate(x, size=size, mode="nearest")
+            x = F.interpolate(x, size=size, mode=self.upsample_mode)
         return self.pwconv(self.dwconv(x))
 
 
@@ -271,6 +286,95 @@ class LGAG(nn.Module):
         return x * psi
 
 
+#: state-dict names of the decoder before its stages became an ``nn.ModuleList`` (``cab4``, ``eucb3``, ...):
+#: ``<block><stage number>`` with stage numbers 4 (coarsest) .. 1; the stage with number ``n`` is ``stages[4 - n]``.
+_LEGACY_DECODER_KEY = re.compile(r"(?:(cab|mscb|routing)([1-4])|(eucb|lgag)([1-3]))\.(.+)", re.DOTALL)
+_LEGACY_BLOCK_NAMES = {"cab": "cab", "mscb": "mscb", "routing": "routing", "eucb": "up", "lgag": "gate"}
+
+
+def upgrade_emcad_decoder_key(name: str) -> str:
+    """The current name of an :class:`EMCADDecoder` state-dict key (relative to the decoder) saved by an older version.
+
+    Older versions named the blocks of decoder stage ``n`` (4 = coarsest .. 1 = finest) ``cab<n>``, ``mscb<n>``,
+    ``eucb<n>``, ``lgag<n>`` and ``routing<n>``; they now live in ``stages[4 - n]`` as ``cab``, ``mscb``, ``up``,
+    ``gate`` and ``routing``. Every other name (current names included) is returned unchanged::
+
+        >>> upgrade_emcad_decoder_key("eucb3.pwconv.weight")
+        'stages.1.up.pwconv.weight'
+        >>> upgrade_emcad_decoder_key("routing4.query")
+        'stages.0.routing.query'
+        >>> upgrade_emcad_decoder_key("sab.conv.weight")
+        'sab.conv.weight'
+    """
+    match = _LEGACY_DECODER_KEY.fullmatch(name)
+    if match is None:
+        return name
+    block, number = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    return f"stages.{4 - int(number)}.{_LEGACY_BLOCK_NAMES[block]}.{match.group(5)}"
+
+
+def _upgrade_keys_in_place(state_dict: MutableMapping[str, Any], prefix: str, upgrade: Any) -> None:
+    """Rename, in place, the keys under ``prefix`` whose part after it ``upgrade`` maps to a new name."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + upgrade(key[len(prefix) :])
+        if new != key and new not in state_dict:
+            state_dict[new] = state_dict.pop(key)
+
+
+class EMCADStage(nn.Module):
+    """The blocks of one EMCAD decoder stage, applied by :class:`EMCADDecoder` (which holds the shared ``SAB``).
+
+    ``enter(x, skip, history, cache)`` computes the stage input ``r_j``: ``up`` (``EUCB``, to ``skip``'s size),
+    then ``routing`` (XAttnRes over the history pool), then ``r_j + gate(r_j, skip)`` (``LGAG``), each only where
+    present; the decoder then applies ``cab``, the shared ``SAB`` and ``mscb``.
+
+    Args:
+        cab: the stage's channel attention.
+        mscb: the stage's multi-scale convolution block.
+        up: the ``EUCB`` from the previous (coarser) stage; ``None`` for the first stage.
+        gate: the ``LGAG`` skip gate; ``None`` for the first stage and without skips.
+        routing: the XAttnRes block; ``None`` without XAttnRes.
+
+    The blocks are built by the caller (so that :class:`EMCADDecoder` creates, and randomly initialises, them in
+    the same order as before the stages were a list) and registered in forward order.
+    """
+
+    def __init__(
+        self,
+        cab: CAB,
+        mscb: MSCB,
+        up: Optional[EUCB] = None,
+        gate: Optional[LGAG] = None,
+        routing: Optional[XAttnRes] = None,
+    ) -> None:
+        super().__init__()
+        for name, block, kind in (("cab", cab, CAB), ("mscb", mscb, MSCB), ("up", up, EUCB), ("gate", gate, LGAG)):
+            if (block is not None or name in ("cab", "mscb")) and not isinstance(block, kind):
+                raise ValueError(f"EMCADStage: {name} must be a {kind.__name__}, got {type(block).__name__}.")
+        if routing is not None and not isinstance(routing, XAttnRes):
+            raise ValueError(f"EMCADStage: routing must be an XAttnRes block or None, got {type(routing).__name__}.")
+        self.up = up
+        self.routing = routing
+        self.gate = gate
+        self.cab = cab
+        self.mscb = mscb
+
+    def enter(
+        self, x: torch.Tensor, skip: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The stage input: ``x`` (the previous stage's output) upsampled, routed and gated with ``skip``."""
+        up = self.up
+        if up is not None:
+            x = up(x, [skip.shape[2], skip.shape[3]])
+        routing = self.routing
+        if routing is not None:
+            x = routing(x, history, cache)
+        gate = self.gate
+        if gate is not None:
+            x = x + gate(x, skip)
+        return x
+
+
 class EMCADDecoder(nn.Module):
     """The EMCAD decoder cascade, optionally with XAttnRes routing over a global history pool.
 
@@ -283,7 +387,9 @@ class EMCADDecoder(nn.Module):
                   r_j = r_j + LGAG_j(g=r_j, x=e_j)        if skip
                   d_j = MSCB_j(SA(CA_j(r_j)))
 
-    ``SAB`` is one module shared by the four stages. The history pool ``H`` starts as
+    The blocks of stage ``j`` are ``stages[4 - j]`` (:class:`EMCADStage`: ``up`` = ``EUCB_j``, ``routing``,
+    ``gate`` = ``LGAG_j``, ``cab`` = ``CA_j``, ``mscb`` = ``MSCB_j``), coarse to fine like the outputs;
+    ``SAB`` is one module shared by the four stages (``sab``). The history pool ``H`` starts as
     ``[e1, e2, e3, e4]`` and every decoder output is appended (``d4``, then ``d3``, ``d2``), so the
     XAttnRes block of stage 4 reads 4 entries, of stage 3 five, of stage 2 six and of stage 1 seven
     (plus the stage input itself as the last value, Eq. 5). This is Eq. 11 of the XAttnRes paper with
@@ -303,6 +409,9 @@ class EMCADDecoder(nn.Module):
 
     ``forward([e1, e2, e3, e4])`` returns ``[d4, d3, d2, d1]`` (coarse to fine). The decoder with
     ``channels=(512, 320, 128, 64)``, skips and no XAttnRes has 1,913,515 parameters.
+
+    State dicts saved by older versions (blocks named ``cab4``, ``eucb3``, ``lgag3``, ``routing4`` ...) are
+    renamed when loaded (see :func:`upgrade_emcad_decoder_key`), so they load strictly.
 
     Example::
 
@@ -341,35 +450,37 @@ class EMCADDecoder(nn.Module):
         self.channels = channels
         self.skip = skip
         self.xattnres = xattnres
-        c4, c3, c2, c1 = channels
 
-        self.cab4 = CAB(spatial_dims, c4)
-        self.mscb4 = MSCB(spatial_dims, c4, kernel_sizes, expansion_factor)
-        self.eucb3 = EUCB(spatial_dims, c4, c3)
-        self.cab3 = CAB(spatial_dims, c3)
-        self.mscb3 = MSCB(spatial_dims, c3, kernel_sizes, expansion_factor)
-        self.eucb2 = EUCB(spatial_dims, c3, c2)
-        self.cab2 = CAB(spatial_dims, c2)
-        self.mscb2 = MSCB(spatial_dims, c2, kernel_sizes, expansion_factor)
-        self.eucb1 = EUCB(spatial_dims, c2, c1)
-        self.cab1 = CAB(spatial_dims, c1)
-        self.mscb1 = MSCB(spatial_dims, c1, kernel_sizes, expansion_factor)
-        self.sab = SAB(spatial_dims)  # shared by the four stages
-
-        self.lgag3 = LGAG(spatial_dims, c3, lgag_kernel_size) if skip else None
-        self.lgag2 = LGAG(spatial_dims, c2, lgag_kernel_size) if skip else None
-        self.lgag1 = LGAG(spatial_dims, c1, lgag_kernel_size) if skip else None
-
+        # the blocks are created in the order of the original hand-unrolled decoder (stage 4's CAB and MSCB, then
+        # EUCB, CAB, MSCB of stages 3, 2, 1; the shared SAB; the LGAGs; the XAttnRes blocks), so that a given seed
+        # initialises them exactly as before
+        ups: List[Optional[EUCB]] = [None]
+        cabs: List[CAB] = []
+        mscbs: List[MSCB] = []
+        for i, c in enumerate(channels):
+            if i > 0:
+                ups.append(EUCB(spatial_dims, channels[i - 1], c))
+            cabs.append(CAB(spatial_dims, c))
+            mscbs.append(MSCB(spatial_dims, c, kernel_sizes, expansion_factor))
+        sab = SAB(spatial_dims)  # shared by the four stages
+        gates: List[Optional[LGAG]] = [None] + [
+            LGAG(spatial_dims, c, lgag_kernel_size) if skip else None for c in channels[1:]
+        ]
         # history pool layout: encoder maps (fine to coarse), then decoder outputs (coarse to fine)
-        pool = [c1, c2, c3, c4]
+        pool = list(channels[::-1])
         routings: List[Optional[XAttnRes]] = []
         for c in channels:
             routings.append(XAttnRes(spatial_dims, c, list(pool), query_init=query_init) if xattnres else None)
             pool.append(c)
-        self.routing4 = routings[0]
-        self.routing3 = routings[1]
-        self.routing2 = routings[2]
-        self.routing1 = routings[3]
+        self.stages = nn.ModuleList(
+            [EMCADStage(cabs[i], mscbs[i], up=ups[i], gate=gates[i], routing=routings[i]) for i in range(4)]
+        )
+        self.sab = sab
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints of older versions: cab4 -> stages.0.cab, eucb3 -> stages.1.up, ...
+        _upgrade_keys_in_place(state_dict, prefix, upgrade_emcad_decoder_key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         """Args:
@@ -381,52 +492,15 @@ class EMCADDecoder(nn.Module):
         """
         if len(features) != 4:
             raise ValueError("EMCADDecoder: expected 4 encoder maps [e1, e2, e3, e4], got " + str(len(features)) + ".")
-        e1, e2, e3, e4 = features[0], features[1], features[2], features[3]
-        history: List[torch.Tensor] = [e1, e2, e3, e4]  # global feature history pool (XAttnRes Eq. 3)
+        history: List[torch.Tensor] = [features[0], features[1], features[2], features[3]]  # global pool (Eq. 3)
         cache: Dict[str, torch.Tensor] = {}  # resized history entries shared by the XAttnRes blocks
-
-        # stage 4
-        d = e4
-        if self.routing4 is not None:
-            d = self.routing4(d, history, cache)
-        d = self.cab4(d) * d
-        d = self.sab(d) * d
-        d = self.mscb4(d)
-        history.append(d)
-        outputs: List[torch.Tensor] = [d]
-
-        # stage 3
-        d = self.eucb3(d, [e3.shape[2], e3.shape[3]])
-        if self.routing3 is not None:
-            d = self.routing3(d, history, cache)
-        if self.lgag3 is not None:
-            d = d + self.lgag3(d, e3)
-        d = self.cab3(d) * d
-        d = self.sab(d) * d
-        d = self.mscb3(d)
-        history.append(d)
-        outputs.append(d)
-
-        # stage 2
-        d = self.eucb2(d, [e2.shape[2], e2.shape[3]])
-        if self.routing2 is not None:
-            d = self.routing2(d, history, cache)
-        if self.lgag2 is not None:
-            d = d + self.lgag2(d, e2)
-        d = self.cab2(d) * d
-        d = self.sab(d) * d
-        d = self.mscb2(d)
-        history.append(d)
-        outputs.append(d)
-
-        # stage 1
-        d = self.eucb1(d, [e1.shape[2], e1.shape[3]])
-        if self.routing1 is not None:
-            d = self.routing1(d, history, cache)
-        if self.lgag1 is not None:
-            d = d + self.lgag1(d, e1)
-        d = self.cab1(d) * d
-        d = self.sab(d) * d
-        d = self.mscb1(d)
-        outputs.append(d)
+        outputs: List[torch.Tensor] = []
+        d = features[3]
+        for i, stage in enumerate(self.stages):  # stage 4 (e4 as its input) .. stage 1
+            d = stage.enter(d, features[3 - i], history, cache)
+            d = stage.cab(d) * d
+            d = self.sab(d) * d
+            d = stage.mscb(d)
+            history.append(d)  # (d1 too, read by no one)
+            outputs.append(d)
         return outputs

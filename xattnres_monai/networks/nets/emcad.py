@@ -9,20 +9,22 @@ the decoder outputs ``d4, d3, d2``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import re
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from monai.utils import InterpolateMode
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from xattnres_monai.networks.blocks.emcad import EMCADDecoder
+from xattnres_monai.networks.blocks.emcad import EMCADDecoder, _upgrade_keys_in_place, upgrade_emcad_decoder_key
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS
 from xattnres_monai.networks.nets.pvt import PVT_V2_CONFIGS, PVTv2, _normalise_variant
 from xattnres_monai.networks.utils import check_input
 from xattnres_monai.utils.options import as_bool, as_choice, as_float, as_int, as_optional_path
 
-__all__ = ["EMCADNet", "emcad_summary", "EMCAD_CONFIGURATIONS", "EMCAD_PAPER_PARAMS"]
+__all__ = ["EMCADNet", "emcad_summary", "convert_emcad_state_dict", "EMCAD_CONFIGURATIONS", "EMCAD_PAPER_PARAMS"]
 
 #: the EMCAD routing configurations of the ablation (Table 4 of the XAttnRes paper).
 EMCAD_CONFIGURATIONS: Dict[str, Dict[str, bool]] = {
@@ -34,6 +36,66 @@ EMCAD_CONFIGURATIONS: Dict[str, Dict[str, bool]] = {
 
 #: parameter counts reported in the XAttnRes paper (Table 2) for EMCAD-B2, binary task.
 EMCAD_PAPER_PARAMS: Dict[str, float] = {"baseline": 26.76e6, "both": 28.09e6}
+
+#: the prediction heads before they became an ``nn.ModuleList``: ``head<n>`` (4 = coarsest) is now ``heads.<4 - n>``.
+_LEGACY_HEAD_KEY = re.compile(r"head([1-4])\.(.+)", re.DOTALL)
+
+
+def _upgrade_key(name: str) -> str:
+    """The current name of an :class:`EMCADNet` state-dict key (relative to the network) of an older version."""
+    if name.startswith("decoder."):
+        return "decoder." + upgrade_emcad_decoder_key(name[len("decoder.") :])
+    match = _LEGACY_HEAD_KEY.fullmatch(name)
+    if match is not None:
+        return f"heads.{4 - int(match.group(1))}.{match.group(2)}"
+    return name
+
+
+def convert_emcad_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> "OrderedDict[str, Any]":
+    """An :class:`EMCADNet` state dict saved by an older version, with the current key names.
+
+    The decoder stages and the prediction heads used to be attributes per stage; they are now
+    ``nn.ModuleList`` s, coarse to fine. Keys are renamed (values and order kept, the ``_metadata`` of the
+    state dict too); current names and keys of other modules are left as they are, so converting twice is
+    harmless:
+
+    =====================================  ==========================================
+    older name                             current name
+    =====================================  ==========================================
+    ``decoder.cab<n>.*``  (n = 4 .. 1)     ``decoder.stages.<4-n>.cab.*``
+    ``decoder.mscb<n>.*`` (n = 4 .. 1)     ``decoder.stages.<4-n>.mscb.*``
+    ``decoder.eucb<n>.*`` (n = 3 .. 1)     ``decoder.stages.<4-n>.up.*``
+    ``decoder.lgag<n>.*`` (n = 3 .. 1)     ``decoder.stages.<4-n>.gate.*``
+    ``decoder.routing<n>.*`` (n = 4 .. 1)  ``decoder.stages.<4-n>.routing.*``
+    ``head<n>.*`` (n = 4 .. 1)             ``heads.<4-n>.*``
+    ``stem.*``, ``encoder.*``, ``decoder.sab.*``  unchanged
+    =====================================  ==========================================
+
+    :meth:`EMCADNet.load_state_dict` applies the same renaming itself (also when the network is a submodule),
+    so older checkpoints load strictly without calling this; it is for tools that compare key names first.
+
+    Args:
+        state_dict: the state dict (a checkpoint's ``"model"`` / ``"network"`` entry).
+        prefix: the network's prefix in ``state_dict`` (``"module."`` for a ``DataParallel`` checkpoint).
+
+    Example::
+
+        >>> list(convert_emcad_state_dict({"decoder.eucb3.pwconv.bias": 0, "head1.weight": 1}))
+        ['decoder.stages.1.up.pwconv.bias', 'heads.3.weight']
+    """
+
+    def rename(key: str) -> str:
+        return prefix + _upgrade_key(key[len(prefix) :]) if key.startswith(prefix) else key
+
+    converted: "OrderedDict[str, Any]" = OrderedDict((rename(k), v) for k, v in state_dict.items())
+    if len(converted) != len(state_dict):
+        raise ValueError("convert_emcad_state_dict: the state dict holds both older and current names of a key.")
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # per-module versions, keyed by module name ("decoder.cab4", "head1", ...)
+        converted._metadata = OrderedDict(  # type: ignore[attr-defined]
+            ((rename(k + ".#")[:-2] if k else k), v) for k, v in metadata.items()
+        )
+    return converted
 
 
 class EMCADNet(nn.Module):
@@ -67,6 +129,10 @@ class EMCADNet(nn.Module):
     With PVTv2-B2, a 1-channel input and one output class the baseline has 26,764,411 parameters
     (24,849,856 encoder + 1,913,515 decoder + 1,028 heads + 12 stem), the paper's 26.76M; see
     :func:`emcad_summary` for the other configurations.
+
+    The heads are ``heads[0..3]`` and the decoder stages ``decoder.stages[0..3]``, coarse to fine. Checkpoints
+    of older versions (``head4`` ... ``head1``, ``decoder.cab4`` ...) load strictly: their keys are renamed
+    on loading (:func:`convert_emcad_state_dict` does the same for a state dict).
 
     Args:
         spatial_dims: must be 2.
@@ -145,10 +211,19 @@ class EMCADNet(nn.Module):
         self.encoder = PVTv2(variant, in_channels=3, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path)
         channels = list(PVT_V2_CONFIGS[variant]["embed_dims"])[::-1]  # coarse to fine
         self.decoder = EMCADDecoder(spatial_dims, channels, skip=skip, xattnres=xattnres, query_init=query_init)
-        self.head4 = nn.Conv2d(channels[0], out_channels, kernel_size=1)
-        self.head3 = nn.Conv2d(channels[1], out_channels, kernel_size=1)
-        self.head2 = nn.Conv2d(channels[2], out_channels, kernel_size=1)
-        self.head1 = nn.Conv2d(channels[3], out_channels, kernel_size=1)
+        self.heads = nn.ModuleList([nn.Conv2d(c, out_channels, kernel_size=1) for c in channels])  # coarse to fine
+        self.upsample_mode: str = InterpolateMode.BILINEAR.value
+
+    @staticmethod
+    def upgrade_state_dict(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+        """``state_dict`` with the key names of older versions renamed (:func:`convert_emcad_state_dict`); used by
+        the strict checkpoint checks (:func:`xattnres_monai.networks.utils.state_dict_mismatch`)."""
+        return convert_emcad_state_dict(state_dict)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints of older versions: head4 -> heads.0, ... (the decoder renames its own keys)
+        _upgrade_keys_in_place(state_dict, prefix, _upgrade_key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Args:
@@ -164,101 +239,19 @@ class EMCADNet(nn.Module):
             x = self.stem(x)
         decoded = self.decoder(self.encoder(x))
         if self.training and self.deep_supervision:
-            return [
-                F.interpolate(self.head4(decoded[0]), size=size, mode="bilinear", align_corners=False),
-                F.interpolate(self.head3(decoded[1]), size=size, mode="bilinear", align_corners=False),
-                F.interpolate(self.head2(decoded[2]), size=size, mode="bilinear", align_corners=False),
-                F.interpolate(self.head1(decoded[3]), size=size, mode="bilinear", align_corners=False),
-            ]
-        return F.interpolate(self.head1(decoded[3]), size=size, mode="bilinear", align_corners=False)
-
-
-def _count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _flops(network: nn.Module, input_shape: Tuple[int, ...]) -> Tuple[int, int]:
-    """(total FLOPs, FLOPs of batched matrix products = the attention ``QK^T`` and ``AV``) of one eval forward."""
-    counter = FlopCounterMode(display=False)
-    network.eval()
-    with torch.no_grad(), counter:
-        network(torch.zeros(input_shape))
-    per_op = counter.get_flop_counts().get("Global", {})
-    attention = sum(int(v) for k, v in per_op.items() if "bmm" in str(k))
-    return int(counter.get_total_flops()), attention
+            logits: List[torch.Tensor] = []
+            for i, head in enumerate(self.heads):
+                logits.append(F.interpolate(head(decoded[i]), size=size, mode=self.upsample_mode, align_corners=False))
+            return logits
+        return F.interpolate(self.heads[-1](decoded[-1]), size=size, mode=self.upsample_mode, align_corners=False)
 
 
 def emcad_summary(input_sizes: Sequence[int] = (224, 352), in_channels: int = 1, out_channels: int = 1) -> str:
-    """Parameter counts of the EMCAD-B2 configurations and forward FLOPs, as a printable table.
+    """Parameter counts and forward FLOPs of the EMCAD-B2 configurations, as a printable table.
 
-    Parameters: PVTv2-B2 encoder alone (no classification head), EMCAD (baseline), EMCAD without
-    skips, EMCAD + XAttnRes replacing the LGAG skips, and EMCAD + XAttnRes alongside them (the
-    paper's "EMCAD + XAttnRes"), with the paper's numbers (26.76M, 28.09M) where it gives them.
-
-    FLOPs: one ``1 x in_channels x S x S`` image, eval mode (only the finest head), counted with
-    ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-accumulate of convolutions
-    and matrix products (linear layers and the attention products ``QK^T``, ``AV``); element-wise
-    operations, normalisation, softmax, pooling and interpolation are not counted (so XAttnRes adds
-    only its 1x1 projections there). The paper's 5.60G for EMCAD matches a multiply-accumulate
-    count at 256 x 256 that leaves out the attention products (the convention of hook-based counters
-    such as ``thop``, which see only modules, not the functional ``q @ k``): 5.55 GMACs here, within
-    1%; it is printed as the last line for comparison. At 224 x 224 the same convention gives 4.25
-    GMACs (8.78 GFLOPs as counted here, attention included).
-
-    Why EMCAD + XAttnRes has fewer parameters than the paper's 28.09M: this implementation follows
-    the paper's description exactly (Section 3.3, Eq. 4-8 and 11): one XAttnRes block per decoder
-    stage (4 blocks), each with a pseudo-query and an RMSNorm gain of ``C`` parameters and a bias-free
-    1x1 projection for every history entry whose channel count differs from the stage's (identity
-    when equal). That is ``+997,376`` parameters (27.76M), not the paper's ``+1.33M``. The paper's
-    code is not public and the difference cannot be pinned down from the text; e.g. giving every
-    entry a projection, even when the channels match, would give ``+1,382,400`` (28.15M), and
-    placing the blocks before ``EUCB`` (at the previous stage's width) ``+1,137,536`` (27.90M);
-    neither reproduces 1.33M either.
-
-    Args:
-        input_sizes: square input sizes at which to count FLOPs (empty: parameters only).
-        in_channels: input channels of the counted networks (1: with the 1 -> 3 stem, as the paper's
-            26.76M).
-        out_channels: output classes (1: the paper's binary count).
+    Computed by :func:`xattnres_monai.networks.sizes.emcad_summary` (where the counting conventions are
+    described); this is that function, kept here for ``from xattnres_monai.networks.nets import emcad_summary``.
     """
-    rows: List[Tuple[str, int, str]] = []
-    encoder_params = _count_parameters(PVTv2("b2"))
-    rows.append(("PVTv2-B2 encoder (no head)", encoder_params, "-"))
-    names = {
-        "baseline": "EMCAD",
-        "no_skip": "EMCAD (no skip)",
-        "replace": "EMCAD + XAttnRes (replace)",
-        "both": "EMCAD + XAttnRes (both)",
-    }
-    counts: Dict[str, int] = {}
-    for key, kwargs in EMCAD_CONFIGURATIONS.items():
-        net = EMCADNet(in_channels=in_channels, out_channels=out_channels, encoder="b2", **kwargs)
-        counts[key] = _count_parameters(net)
-        paper = EMCAD_PAPER_PARAMS.get(key)
-        rows.append((names[key], counts[key], f"{paper / 1e6:.2f}M" if paper else "-"))
-    lines = [
-        f"EMCAD-B2 ({in_channels} input channel(s), {out_channels} output class(es))",
-        f"{'configuration':<30}{'params':>14}{'vs EMCAD':>12}{'paper':>9}",
-        "-" * 65,
-    ]
-    for name, params, paper in rows:
-        delta = f"{params - counts['baseline']:+,}" if name.startswith("EMCAD") else ""
-        lines.append(f"{name:<30}{params:>14,}{delta:>12}{paper:>9}")
-    if input_sizes:
-        lines.append("")
-        lines.append("forward FLOPs, 1 image, eval (FlopCounterMode: 2 per MAC of conv/linear/matmul incl. attention)")
-        lines.append(f"{'network':<30}{'size':>6}{'GFLOPs':>10}{'attn GFLOPs':>13}{'GMACs w/o attn':>16}")
-        baseline = EMCADNet(in_channels=in_channels, out_channels=out_channels, encoder="b2")
-        both = EMCADNet(in_channels=in_channels, out_channels=out_channels, encoder="b2", skip=True, xattnres=True)
-        for size in input_sizes:
-            for name, net in (("EMCAD", baseline), ("EMCAD + XAttnRes (both)", both)):
-                total, attention = _flops(net, (1, in_channels, size, size))
-                lines.append(
-                    f"{name:<30}{size:>6}{total / 1e9:>10.3f}{attention / 1e9:>13.3f}{(total - attention) / 2e9:>16.3f}"
-                )
-        total, attention = _flops(baseline, (1, in_channels, 256, 256))
-        lines.append(
-            f"paper's convention: EMCAD at 256x256, MACs without the attention products = "
-            f"{(total - attention) / 2e9:.2f}G (paper: 5.60G; EMCAD + XAttnRes 5.76G)"
-        )
-    return "\n".join(lines)
+    from xattnres_monai.networks.sizes import emcad_summary as _emcad_summary  # sizes imports this module
+
+    return _emcad_summary(input_sizes=input_sizes, in_channels=in_channels, out_channels=out_channels)

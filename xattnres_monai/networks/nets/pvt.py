@@ -34,7 +34,7 @@ from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
-from xattnres_monai.networks.utils import check_input, state_dict_differences
+from xattnres_monai.networks.utils import check_input, format_key_mismatch, state_dict_differences
 from xattnres_monai.utils.options import as_bool, as_float, as_int, as_optional_path
 
 __all__ = ["PVTv2", "PVTv2Encoder", "PVT_V2_CONFIGS", "load_pvt_pretrained"]
@@ -483,12 +483,9 @@ def load_pvt_pretrained(encoder: nn.Module, path: Union[str, "os.PathLike[str]"]
     problems = []
     if matched == 0:
         problems.append(f"no key matches the encoder (file keys: {_describe([str(k) for k in state])})")
-    if wrong_shape:
-        problems.append(f"shape mismatches: {_describe(wrong_shape)}")
-    if missing:
-        problems.append(f"missing keys: {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_describe(unexpected)}")
+    mismatch = format_key_mismatch(missing, unexpected, wrong_shape)
+    if mismatch:
+        problems.append(mismatch)
     if problems:
         raise ValueError(
             f"load_pvt_pretrained: '{path}' does not match the {type(encoder).__name__} encoder "

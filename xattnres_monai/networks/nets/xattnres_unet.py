@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.factories import Act, Conv, Norm, Pool, split_args
+from monai.utils import InterpolateMode
 from torch import nn
 
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
@@ -29,28 +30,75 @@ def _spatial_dims(value: object, owner: str) -> int:
     return dims
 
 
+#: a layer given MONAI's way: a name (``"relu"``) or a ``(name, {arguments})`` pair (``("leakyrelu", {"negative_slope": 0.1})``).
+LayerOption = Optional[Union[str, Tuple[str, Dict[str, Any]]]]
+
+
+def _layer_option(value: Any, owner: str, option: str, factory: Any, spatial_dims: int) -> LayerOption:
+    """``act`` / ``norm`` checked with MONAI's factory look-up (``Act`` / ``Norm``), as one line naming the option.
+
+    Returns ``value`` unchanged (a list from a JSON config becomes a tuple): :class:`~monai.networks.blocks.Convolution`
+    does the construction.
+    """
+    if value is None:  # no such layer (as MONAI's Convolution takes it)
+        return None
+    if isinstance(value, list):
+        value = tuple(value)
+    try:
+        name, args = split_args(value)
+        if not isinstance(name, str) or not isinstance(args, dict):
+            raise TypeError
+        if factory is Norm:
+            factory[name, spatial_dims]
+        else:
+            factory[name]
+    except Exception:
+        choices = ", ".join(sorted(n.lower() for n in factory.names))
+        raise ValueError(
+            f"{owner}: {option} must be a layer name or a (name, {{arguments}}) pair, the name one of {choices}; "
+            f"got {value!r}."
+        ) from None
+    return value
+
+
 class DoubleConv(nn.Sequential):
-    """Two (3x3 conv without bias, batch norm, ReLU) layers: the classic U-Net block.
+    """Two (3x3 conv without bias, normalisation, activation) layers: the classic U-Net block.
+
+    Like MONAI's ``BasicUNet`` ``TwoConv``: each layer is a :class:`~monai.networks.blocks.Convolution`
+    (named ``conv_0``, ``conv_1``) whose ``act`` and ``norm`` are given MONAI's way; the defaults (batch norm,
+    ReLU) are the classic block.
 
     Args:
         spatial_dims: number of spatial dimensions.
         in_channels: input channels.
         out_channels: output channels.
         mid_channels: channels between the two convolutions (default ``out_channels``).
+        act: activation, a name or ``(name, {arguments})``: ``"relu"`` (default), ``("leakyrelu",
+            {"negative_slope": 0.1})``, ``"prelu"`` ... (MONAI's ``Act`` factory); ``None``: none.
+        norm: normalisation, a name or ``(name, {arguments})``: ``"batch"`` (default), ``("instance",
+            {"affine": True})``, ``("group", {"num_groups": 4})`` ... (MONAI's ``Norm`` factory); ``None``: none.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mid_channels: Optional[int] = None):
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: Optional[int] = None,
+        act: LayerOption = "RELU",
+        norm: LayerOption = "BATCH",
+    ):
         super().__init__()
         spatial_dims = _spatial_dims(spatial_dims, "DoubleConv")
         in_channels = as_int(in_channels, "DoubleConv: in_channels", min=1)
         out_channels = as_int(out_channels, "DoubleConv: out_channels", min=1)
         if mid_channels is not None:
             mid_channels = as_int(mid_channels, "DoubleConv: mid_channels", min=1)
+        act = _layer_option(act, "DoubleConv", "act", Act, spatial_dims)
+        norm = _layer_option(norm, "DoubleConv", "norm", Norm, spatial_dims)
         mid_channels = out_channels if mid_channels is None else mid_channels
         for name, (cin, cout) in (("conv_0", (in_channels, mid_channels)), ("conv_1", (mid_channels, out_channels))):
-            self.add_module(
-                name, Convolution(spatial_dims, cin, cout, kernel_size=3, act="RELU", norm="BATCH", bias=False)
-            )
+            self.add_module(name, Convolution(spatial_dims, cin, cout, kernel_size=3, act=act, norm=norm, bias=False))
 
 
 class EncoderStage(nn.Module):
@@ -62,10 +110,18 @@ class EncoderStage(nn.Module):
         out_channels: channels of this stage's output.
         downsample: whether to max-pool by 2 first (all stages but the first).
         routing: the XAttnRes block over the history pool, or ``None`` for plain routing.
+        act, norm: activation and normalisation of the :class:`DoubleConv` (MONAI's way; ReLU, batch norm).
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, downsample: bool, routing: Optional[XAttnRes]
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        downsample: bool,
+        routing: Optional[XAttnRes],
+        act: LayerOption = "RELU",
+        norm: LayerOption = "BATCH",
     ):
         super().__init__()
         spatial_dims = _spatial_dims(spatial_dims, "EncoderStage")
@@ -78,7 +134,7 @@ class EncoderStage(nn.Module):
             )
         self.down = Pool[Pool.MAX, spatial_dims](kernel_size=2) if downsample else None
         self.routing = routing
-        self.conv = DoubleConv(spatial_dims, in_channels, out_channels)
+        self.conv = DoubleConv(spatial_dims, in_channels, out_channels, act=act, norm=norm)
 
     def forward(self, x: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]) -> torch.Tensor:
         if self.down is not None:
@@ -99,6 +155,7 @@ class DecoderStage(nn.Module):
         skip_channels: channels of the resolution-matched encoder output; 0 for no skip connection.
         out_channels: channels of this stage's output.
         routing: the XAttnRes block over the history pool, or ``None`` for plain routing.
+        act, norm: activation and normalisation of the :class:`DoubleConv` (MONAI's way; ReLU, batch norm).
     """
 
     def __init__(
@@ -108,6 +165,8 @@ class DecoderStage(nn.Module):
         skip_channels: int,
         out_channels: int,
         routing: Optional[XAttnRes],
+        act: LayerOption = "RELU",
+        norm: LayerOption = "BATCH",
     ):
         super().__init__()
         spatial_dims = _spatial_dims(spatial_dims, "DecoderStage")
@@ -119,10 +178,12 @@ class DecoderStage(nn.Module):
                 f"DecoderStage: routing must be an XAttnRes block or None, got {type(routing).__name__}."
             )
         self.use_skip = skip_channels > 0
-        self.upsample_mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        self.upsample_mode: str = (InterpolateMode.BILINEAR if spatial_dims == 2 else InterpolateMode.TRILINEAR).value
         self.routing = routing
         cat_channels = in_channels + skip_channels
-        self.conv = DoubleConv(spatial_dims, cat_channels, out_channels, mid_channels=max(cat_channels // 2, out_channels))
+        self.conv = DoubleConv(
+            spatial_dims, cat_channels, out_channels, mid_channels=max(cat_channels // 2, out_channels), act=act, norm=norm
+        )
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor, history: List[torch.Tensor], cache: Dict[str, torch.Tensor]
@@ -185,6 +246,10 @@ class XAttnResUNet(nn.Module):
             ``"kaiming_uniform"`` or ``"xavier_uniform"``.
         dca: refine the skip connections with Dual Cross-Attention before the decoder
             concatenates them; requires ``skip=True``.
+        act: activation of every :class:`DoubleConv`, MONAI's way (as in ``BasicUNet``): a name or
+            ``(name, {arguments})``, e.g. ``("leakyrelu", {"negative_slope": 0.1})``; default ReLU.
+        norm: normalisation of every :class:`DoubleConv`, MONAI's way: e.g. ``("instance", {"affine": True})``;
+            default batch norm.
 
     Example::
 
@@ -206,6 +271,8 @@ class XAttnResUNet(nn.Module):
         xattnres: str = "full",
         query_init: str = "zero",
         dca: bool = False,
+        act: LayerOption = "RELU",
+        norm: LayerOption = "BATCH",
     ) -> None:
         super().__init__()
         # every option is checked (and parsed from the strings a command line gives) first: one-line ValueError
@@ -218,6 +285,8 @@ class XAttnResUNet(nn.Module):
         xattnres = as_choice(xattnres, "XAttnResUNet: xattnres", XATTNRES_PLACEMENTS)
         query_init = as_choice(query_init, "XAttnResUNet: query_init", QUERY_INITS)
         dca = as_bool(dca, "XAttnResUNet: dca")
+        act = _layer_option(act, "XAttnResUNet", "act", Act, spatial_dims)
+        norm = _layer_option(norm, "XAttnResUNet", "norm", Norm, spatial_dims)
         if len(encoder_channels) < 2:
             raise ValueError(
                 f"XAttnResUNet: encoder_channels needs at least 2 entries (one downsampling), got {encoder_channels}."
@@ -249,14 +318,18 @@ class XAttnResUNet(nn.Module):
         previous = in_channels
         for i, channels in enumerate(encoder_channels):
             block = routing(previous, pool, enabled=xattnres in ("encoder", "full") and i > 0)
-            self.encoder.append(EncoderStage(spatial_dims, previous, channels, downsample=i > 0, routing=block))
+            self.encoder.append(
+                EncoderStage(spatial_dims, previous, channels, downsample=i > 0, routing=block, act=act, norm=norm)
+            )
             pool.append(channels)
             previous = channels
         self.decoder = nn.ModuleList()
         for j, channels in enumerate(decoder_channels):
             skip_channels = encoder_channels[-2 - j] if skip else 0
             block = routing(previous, pool, enabled=xattnres in ("decoder", "full"))
-            self.decoder.append(DecoderStage(spatial_dims, previous, skip_channels, channels, routing=block))
+            self.decoder.append(
+                DecoderStage(spatial_dims, previous, skip_channels, channels, routing=block, act=act, norm=norm)
+            )
             pool.append(channels)
             previous = channels
         self.head = Conv[Conv.CONV, spatial_dims](previous, out_channels, kernel_size=1)

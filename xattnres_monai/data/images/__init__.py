@@ -48,7 +48,7 @@ The datalist (MONAI "decathlon" JSON) has ``training``, ``validation`` and ``tes
 (``{"0": "background", "1": "polyp" | "lesion"}``), ``name``, ``dataset``, ``layout``, ``mask_threshold``,
 ``split`` (mode, seed, split file, counts) and ``skipped`` (``{"file", "problem", "case"}``).
 
-Example::
+Command line (argparse in :mod:`xattnres_monai.cli.images`)::
 
     python -m xattnres_monai.data.images clinicdb --input /data/CVC-ClinicDB --output /data/clinicdb/datalist.json
     python -m xattnres_monai.data.images isic2017 --input /data/ISIC2017 --output /data/isic2017/datalist.json
@@ -56,7 +56,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -70,10 +69,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from xattnres_monai.data.image_inputs import check_image
+from xattnres_monai.data.inputs import load_datalist  # the one datalist reader
 from xattnres_monai.utils.files import (
     InputError,
     check_writable,
-    cli_main,
     exit_on_user_error,
     raise_if_any,
     write_json_atomic,
@@ -95,7 +95,6 @@ __all__ = [
     "find_pairs",
     "format_report",
     "load_split_file",
-    "main",
     "mask_values",
     "natural_key",
     "prepare_images",
@@ -457,8 +456,6 @@ def _open(path: Path, kind: str, is_mask: bool) -> Tuple[Optional[Tuple[int, int
     complete, one frame, size limit from the header, finite, not constant); masks are read the same way and must
     be binary after thresholding (:func:`check_mask_values`; an empty mask is fine).
     """
-    from xattnres_monai.data.image_inputs import check_image  # lazy: this module is also a command-line program
-
     try:
         if path.stat().st_size == 0:
             return None, f"zero-byte {kind} file"
@@ -752,8 +749,6 @@ def checked_image_datalist(datalist: PathLike, key: str, also_check: Sequence[st
 
         "train_datalist": "$xattnres_monai.data.images.checked_image_datalist(@datalist, 'training', ['validation'])"
     """
-    from xattnres_monai.data.inputs import load_datalist  # the one datalist reader
-
     errors: List[InputError] = []
     result: List[Dict[str, Any]] = []
     with exit_on_user_error():
@@ -791,40 +786,3 @@ def format_report(datalist: Dict[str, Any], output: PathLike) -> str:
     lines.append(f"skipped: {len(skipped)} file(s)" + (" (listed under 'skipped' in the datalist)" if skipped else ""))
     lines.append(f"wrote {output}")
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m xattnres_monai.data.images",
-        description="Check a 2D binary segmentation release (CVC-ClinicDB, CVC-ColonDB, ISIC 2017), pair images with "
-        "masks, split (seeded 8:1:1 for the polyp sets, official for ISIC 2017) and write a MONAI datalist.",
-    )
-    parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--input", required=True, help="the release's folder")
-    parser.add_argument("--output", required=True, help="datalist JSON to write (paths relative to its folder)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of a new 8:1:1 split (polyp sets)")
-    parser.add_argument("--split-file", default=None, help="split file to reuse or write (default: OUT/split.json)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave bad pairs out (listed) instead of refusing")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing datalist")
-    return parser
-
-
-@cli_main
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Command-line entry point; see ``python -m xattnres_monai.data.images --help``."""
-    args = _parser().parse_args(argv)
-    datalist = prepare_images(
-        args.dataset,
-        args.input,
-        args.output,
-        seed=args.seed,
-        split_file=args.split_file,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-    )
-    print(format_report(datalist, args.output))
-    return datalist
-
-
-if __name__ == "__main__":
-    main()

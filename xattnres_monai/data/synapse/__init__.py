@@ -34,14 +34,13 @@ pair (readable and complete, 3D, not larger than ``--max-voxels`` from the heade
 integer labels in range, same shape and affine) are those of :mod:`xattnres_monai.data.inputs`, shared with the
 bundles' training, evaluation and inference.
 
-Example::
+Command line (argparse in :mod:`xattnres_monai.cli.synapse`)::
 
     python -m xattnres_monai.data.synapse --input /data/RawData/Training --output /data/synapse/datalist.json
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from contextlib import ExitStack, suppress
 import re
@@ -58,7 +57,6 @@ from xattnres_monai.utils.files import (
     InputError,
     atomic_write,
     check_writable,
-    cli_main,
     raise_if_any,
     write_json_atomic,
 )
@@ -74,7 +72,6 @@ __all__ = [
     "find_btcv_cases",
     "find_transunet_cases",
     "load_transunet_case",
-    "main",
     "prepare_synapse",
     "remap_btcv_label",
     "split_cases",
@@ -652,57 +649,3 @@ def format_report(datalist: Dict[str, Any], output: PathLike) -> str:
         lines.append(f"{subset:<10} {len(cases):3d} cases {split['slices'][subset]:6d} axial slices: {' '.join(cases)}")
     lines.append(f"wrote {output}")
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m xattnres_monai.data.synapse",
-        description="Check Synapse multi-organ CT data (raw BTCV or TransUNet's preprocessed form), write the "
-        "9-class labels and a MONAI datalist (paths relative to the datalist's folder).",
-    )
-    parser.add_argument("--input", required=True, help="raw BTCV folder or TransUNet folder (train_npz/, test_vol_h5/)")
-    parser.add_argument("--output", required=True, help="datalist JSON to write; derived volumes go next to it")
-    parser.add_argument(
-        "--format", default="auto", choices=("auto", "btcv", "transunet"), dest="fmt", help="input form (auto: detected)"
-    )
-    parser.add_argument(
-        "--split",
-        default="auto",
-        choices=("auto", "standard", "random"),
-        help="standard TransUNet split, seeded random 60/20/20, or auto (standard if all 30 standard cases exist)",
-    )
-    val = parser.add_mutually_exclusive_group()
-    val.add_argument("--num-val", type=int, default=None, help="validation cases taken from the training cases")
-    val.add_argument("--val-fraction", type=float, default=None, help="fraction of training cases for validation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation (and random) split")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument(
-        "--max-voxels",
-        type=int,
-        default=MAX_VOXELS,
-        help=f"refuse volumes with more voxels, checked from the header before loading (default {MAX_VOXELS})",
-    )
-    return parser
-
-
-@cli_main
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Command-line entry point; see ``python -m xattnres_monai.data.synapse --help``."""
-    args = _parser().parse_args(argv)
-    datalist = prepare_synapse(
-        args.input,
-        args.output,
-        fmt=args.fmt,
-        split=args.split,
-        num_val=args.num_val,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        max_voxels=args.max_voxels,
-    )
-    print(format_report(datalist, args.output))
-    return datalist
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@
 // loops run over W and vectorise. The history entries may also be channels-last (what the 1x1 projections are
 // fastest on): their rows are transposed once per source row, when they are interpolated along W.
 //
-// Loaded with ctypes by xattnres_cpu.py (no PyTorch headers: it compiles in seconds). Every function handles
+// Loaded with ctypes by fused_cpu.py (no PyTorch headers: it compiles in seconds). Every function handles
 // the rows [row_begin, row_end) of one batch item; the caller offsets the pointers to that item and runs
 // items on several threads (ctypes releases the GIL).
 #include <algorithm>

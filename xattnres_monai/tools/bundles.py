@@ -1,0 +1,163 @@
+"""One source for the configs that bundles of a family share: ``python -m xattnres_monai.tools.bundles sync|check``.
+
+The three 2D bundles (ColonDB, ClinicDB, ISIC 2017) run the same pipeline: every config but ``metadata.json`` is the
+same file. The shared files live once, in ``bundles/_shared/image_2d/`` (laid out like a bundle: ``LICENSE``,
+``configs/...``), and ``sync`` writes byte-identical copies of them into each bundle of the family; ``check`` (run by
+``tests/test_bundle_sources.py``) fails when a bundle's copy differs from the source, is missing, or when a bundle
+has a config that is neither shared nor one of its own (``configs/metadata.json``).
+
+Why generated copies, not references or links: a MONAI bundle is a self-contained folder in the Model Zoo layout.
+Users copy it, zip it, serve it with MONAI Label (``xattnres_monai.tools.label_server``), export it
+(``ckpt_export``), verify it (``verify_metadata``) and run it from any working directory; a config that pointed
+outside the bundle folder (``%../../_shared/...`` macros, ``--config_file`` lists with a shared file) would break all
+of these, and symbolic links break on zip archives, on Windows checkouts and in sdists. Copies keep every bundle
+complete; the check keeps them one source.
+
+What stays per bundle: ``configs/metadata.json`` (name, version, changelog, data description), ``docs/`` (README,
+data licence) and ``models/``. A dataset-specific default goes into the bundle's documented command line or an extra
+config of its own, listed in ``PER_BUNDLE``.
+
+To change a shared config: edit ``bundles/_shared/image_2d/<path>``, run ``python -m xattnres_monai.tools.bundles
+sync``, and commit the source with the copies (bump each bundle's version in its ``metadata.json`` when the change
+is user-visible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+#: the repository's bundles folder (the default of ``--bundles``)
+BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
+#: where the shared sources are, relative to the bundles folder
+SHARED_DIR = "_shared"
+#: family -> the bundles generated from ``<bundles>/_shared/<family>/``
+FAMILIES: Dict[str, Tuple[str, ...]] = {
+    "image_2d": ("clinicdb_polyp_segmentation", "colondb_polyp_segmentation", "isic2017_skin_segmentation"),
+}
+#: files under a family bundle's ``configs/`` that are its own (not generated)
+PER_BUNDLE = ("configs/metadata.json",)
+#: files of the source folder that are about the source and not copied
+NOT_COPIED = ("README.md",)
+
+
+def source_dir(family: str, bundles_dir: Path = BUNDLES_DIR) -> Path:
+    return Path(bundles_dir) / SHARED_DIR / family
+
+
+def shared_files(family: str, bundles_dir: Path = BUNDLES_DIR) -> List[str]:
+    """The shared files of ``family`` (paths relative to a bundle folder, ``/``-separated, sorted)."""
+    root = source_dir(family, bundles_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no shared source for the bundle family {family!r}")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [f for f in files if f not in NOT_COPIED]
+
+
+def _diff(source: Path, copy: Path, limit: int = 20) -> str:
+    try:
+        a = source.read_text(encoding="utf-8").splitlines()
+        b = copy.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        return "    (binary files differ)"
+    lines = list(difflib.unified_diff(a, b, str(source), str(copy), lineterm="", n=1))
+    more = f"\n    ... {len(lines) - limit} more diff lines" if len(lines) > limit else ""
+    return "\n".join("    " + line for line in lines[:limit]) + more
+
+
+def check(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILIES)) -> List[str]:
+    """Problems (one line or short block each) where a family bundle is not what ``sync`` would write; [] if none."""
+    bundles_dir = Path(bundles_dir)
+    problems = []
+    for family in families:
+        source = source_dir(family, bundles_dir)
+        files = shared_files(family, bundles_dir)
+        for bundle in FAMILIES[family]:
+            folder = bundles_dir / bundle
+            if not folder.is_dir():
+                problems.append(f"{folder}: bundle of the family {family!r} is missing")
+                continue
+            for rel in files:
+                copy = folder / rel
+                if not copy.is_file():
+                    problems.append(f"{copy}: missing (a copy of {source / rel}; run `{_sync_command()}`)")
+                elif copy.read_bytes() != (source / rel).read_bytes():
+                    problems.append(
+                        f"{copy}: differs from its source {source / rel} (edit the source, then run "
+                        f"`{_sync_command()}`; per-dataset values belong in configs/metadata.json or docs/)\n"
+                        + _diff(source / rel, copy)
+                    )
+            configs = folder / "configs"
+            own = set(files) | set(PER_BUNDLE)
+            for path in sorted(configs.rglob("*")) if configs.is_dir() else []:
+                rel = path.relative_to(folder).as_posix()
+                if path.is_file() and rel not in own:
+                    problems.append(
+                        f"{path}: a config of this bundle only (add it to {source / 'configs'} for the whole "
+                        f"family, or list it in PER_BUNDLE of {Path(__file__).name})"
+                    )
+    return problems
+
+
+def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILIES)) -> List[Path]:
+    """Write the shared files of each family into its bundles; return the files that changed."""
+    bundles_dir = Path(bundles_dir)
+    written = []
+    for family in families:
+        source = source_dir(family, bundles_dir)
+        files = shared_files(family, bundles_dir)
+        for bundle in FAMILIES[family]:
+            folder = bundles_dir / bundle
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder}: bundle of the family {family!r} is missing")
+            for rel in files:
+                copy = folder / rel
+                if copy.is_file() and copy.read_bytes() == (source / rel).read_bytes():
+                    continue
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / rel, copy)
+                written.append(copy)
+    return written
+
+
+def _sync_command() -> str:
+    return "python -m xattnres_monai.tools.bundles sync"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xattnres_monai.tools.bundles",
+        description="Write (sync) or verify (check) the configs that bundles of a family share, from "
+        f"<bundles>/{SHARED_DIR}/<family>/ (families: {', '.join(f'{k}: {len(v)} bundles' for k, v in FAMILIES.items())}).",
+    )
+    parser.add_argument("command", choices=("sync", "check"))
+    parser.add_argument("--bundles", type=Path, default=BUNDLES_DIR, help="the bundles folder (default: %(default)s)")
+    parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="only this family (repeatable)")
+    args = parser.parse_args(argv)
+    families = args.family or list(FAMILIES)
+    try:
+        if args.command == "sync":
+            written = sync(args.bundles, families)
+            for path in written:
+                print(f"wrote {path}")
+            print(f"{len(written)} file(s) written" if written else "all bundles already match their shared source")
+        problems = check(args.bundles, families)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s); the shared sources are in {Path(args.bundles) / SHARED_DIR}", file=sys.stderr)
+        return 1
+    if args.command == "check":
+        print("all bundles match their shared source")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
