@@ -33,12 +33,16 @@ def failing_on_call(original, fail_at: int, target_arg: int = 1, name_filter: st
     calls = []
 
     def wrapper(*args, **kwargs):
-        target = str(args[target_arg]) if len(args) > target_arg else str(kwargs.get("filename", ""))
-        if name_filter in target:
-            calls.append(target)
+        target = args[target_arg] if len(args) > target_arg else kwargs.get("filename", "")
+        name = getattr(target, "name", target)  # a path, or an open file (torch.save gets one: byte-identical files)
+        if name_filter in str(name):
+            calls.append(str(name))
             if len(calls) == fail_at:
-                with open(target, "wb") as f:
-                    f.write(b"partial")
+                if hasattr(target, "write"):
+                    target.write(b"partial")
+                else:
+                    with open(target, "wb") as f:
+                        f.write(b"partial")
                 raise OSError(DISK_FULL.errno, DISK_FULL.strerror)
         return original(*args, **kwargs)
 
