@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the child processes run here (the package installed, e.g. pip install -e .)
 
 _CHILD = r"""
 import sys, time
@@ -53,7 +53,7 @@ def make_inputs(folder: Path, slices: int) -> dict:
     sys.path.insert(0, str(REPO))
     import nibabel as nib
 
-    from tests.dicom_writer import write_ct_series
+    from xattnres_monai.testing.dicom import write_ct_series
 
     rng = np.random.default_rng(0)
     hu = np.clip(rng.normal(40, 300, size=(512, 512, slices)), -1024, 3000).astype(np.int16)

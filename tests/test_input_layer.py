@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dicom_writer import write_ct_series
+from xattnres_monai.testing.dicom import write_ct_series
 from tests.independent_geometry import dicom_series_geometry
 from tests.reliability.helpers import NUM_CLASSES, run_bundle_cli, save_nifti, write_model
 from xattnres_monai.data.inputs import load_datalist, read_header, read_volume

@@ -1,4 +1,4 @@
-"""Write a CT DICOM series the way a scanner exports one (one file per slice, int16 with rescale), for tests.
+"""Write a synthetic CT DICOM series the way a scanner exports one (one file per slice, uint16 + rescale).
 
 Used to build damaged series (a truncated, a missing or a foreign slice) of realistic size; the real-file corpus
 (``tests/corpus.py``) provides real scanner series.
