@@ -24,7 +24,6 @@ def write_ct_series(
 
     Returns the written files in slice order (z ascending, i.e. towards the head: ImagePositionPatient z grows).
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
