@@ -503,7 +503,7 @@ def test_documented_commands_prepare_train_evaluate_infer(documented_run):
     # the trained network has 4 output channels
     import torch
 
-    state = torch.load(byod / "run" / "models" / "model.pt", weights_only=True)
+    state = torch.load(byod / "run" / "models" / "model.pt", weights_only=True)["model"]
     assert tuple(state["head.weight"].shape[:1]) == (4,) and tuple(state["head.bias"].shape) == (4,)
     # the evaluation report has one row per test case and 3 foreground classes
     with open(byod / "run" / "eval" / "per_case_physical.csv") as f:

@@ -76,7 +76,7 @@ def trained(request, tmp_path_factory):
 def test_train_writes_best_and_epoch_checkpoints(trained):
     _, _, _, bundle_root = trained
     models = bundle_root / "models"
-    best = torch.load(models / "model.pt", weights_only=True)
+    best = torch.load(models / "model.pt", weights_only=True)["model"]
     last = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)
     assert any(k.endswith("xattnres.query") or "query" in k for k in best), sorted(best)[:5]
     assert set(last) >= {"model", "optimizer"}
@@ -184,10 +184,10 @@ def test_colondb_overlays_train_one_epoch(overlay, tmp_path):
     bundle = DATASETS["colondb"]
     result = run_bundle(bundle, ["train.json", overlay], tmp_path / "bundle", "--datalist",
                         str(tmp_path / "datalist.json"), "--max_epochs", "1")
-    state = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)["model"]
     marker = {"emcad.json": "encoder.patch_embed1", "dca.json": "dca.", "structure_loss.json": "query"}[overlay]
     assert any(marker in k for k in state), sorted(state)[:5]
-    assert "train_loss" in result.stdout + result.stderr
+    assert "epoch 1/1: loss" in result.stdout + result.stderr
     if overlay == "emcad.json":  # the trained EMCAD bundle also runs inference with the same overlay
         new = tmp_path / "new"
         new.mkdir()
@@ -213,7 +213,7 @@ def test_routing_configurations_selectable_by_override(routing, expected, tmp_pa
     prepare_images("isic2017", tmp_path / "raw", tmp_path / "datalist.json")
     run_bundle(DATASETS["isic2017"], ["train.json"], tmp_path / "bundle", "--datalist", str(tmp_path / "datalist.json"),
                "--max_epochs", "1", *routing)
-    state = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)["model"]
     queries = [k for k in state if k.endswith(".query")]
     finest_decoder_in = state["decoder.3.conv.conv_0.conv.weight"].shape[1]
     if expected == "baseline":

@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     "xattnres_monai.data.prepare",
     "xattnres_monai.data.phantoms",
     "xattnres_monai.data.image_phantoms",
+    "xattnres_monai.__main__",
 }
 COMMANDS = ["synapse", "images", "prepare", "phantoms", "image_phantoms"]
 

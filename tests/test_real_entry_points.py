@@ -204,7 +204,7 @@ def inference_damaged(pycerr_trained, scans, timings, tmp_path_factory):
 def _head_channels(run: Path) -> int:
     import torch
 
-    state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert tuple(state["head.bias"].shape) == tuple(state["head.weight"].shape[:1])
     return int(state["head.weight"].shape[0])
 

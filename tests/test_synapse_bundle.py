@@ -66,7 +66,7 @@ def test_train_writes_checkpoints(trained):
     assert (bundle_root / "models" / "checkpoint_epoch=1.pt").is_file()
     import torch
 
-    state = torch.load(bundle_root / "models" / "model.pt", weights_only=True)
+    state = torch.load(bundle_root / "models" / "model.pt", weights_only=True)["model"]
     assert any(k.startswith("decoder.3.routing.query") for k in state)
 
 
@@ -192,6 +192,6 @@ def test_routing_overlays_train_one_epoch(trained, overlay, tmp_path):
                "--val_interval", "1")
     import torch
 
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["model"]
     marker = "dca." if overlay == "dca.json" else "encoder.patch_embed1"
     assert any(marker in k for k in state), sorted(state)[:5]

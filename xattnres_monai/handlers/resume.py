@@ -412,20 +412,38 @@ class BestModelCheckpoint:
     """Write the network to ``<save_dir>/<filename>`` whenever the evaluator's key metric improves, atomically.
 
     Attach to the validation evaluator; MONAI's evaluator updates ``state.best_metric`` / ``best_metric_epoch``
-    at the end of each of its runs, and this handler then saves ``network.state_dict()`` (the bare module of a
-    DDP wrapper) through a temporary file renamed into place, so ``model.pt`` is never partial. Together with
-    :class:`EpochCheckpoint`'s ``validator`` argument, the best metric survives an interruption: a resumed run
-    replaces ``model.pt`` only with a better model. Only rank 0 writes.
+    at the end of each of its runs, and this handler then saves ``{"model": network.state_dict(), "settings":
+    settings}`` (the bare module of a DDP wrapper) through a temporary file renamed into place, so ``model.pt`` is
+    never partial. ``settings`` are the settings the network was trained with (the config's ``trained_settings``:
+    network definition, input size, intensity window, class map); at the first save of a run they are also written
+    into ``<bundle_root>/configs`` (:func:`xattnres_monai.bundle.update_bundle_configs`), so the trained bundle's
+    own inference / evaluation / export configs need no overrides. Together with :class:`EpochCheckpoint`'s
+    ``validator`` argument, the best metric survives an interruption: a resumed run replaces ``model.pt`` only with a
+    better model. Only rank 0 writes.
 
     Args:
         save_dir: the bundle's ``models/``.
         network: the network to save.
         filename: the file name (``model.pt``, which evaluation and inference load).
+        settings: the trained settings to record (``None``: weights only, as before).
+        bundle_root: the bundle whose ``configs/`` receive the settings (``None``: the checkpoint only).
     """
 
-    def __init__(self, save_dir: str, network: torch.nn.Module, filename: str = "model.pt") -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        settings: Optional[Mapping[str, Any]] = None,
+        bundle_root: Optional[str] = None,
+    ) -> None:
+        from xattnres_monai.bundle.settings import trained_settings
+
         self.path = os.path.join(str(save_dir), filename)
         self.network = network
+        self.settings = trained_settings(settings) if settings is not None else None
+        self.bundle_root = bundle_root
+        self._configs_written = False
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -435,29 +453,53 @@ class BestModelCheckpoint:
     def __call__(self, engine: Engine) -> None:
         if getattr(engine.state, "best_metric_epoch", None) != engine.state.epoch or not _is_rank_zero():
             return
-        save_checkpoint(_unwrap(self.network).state_dict(), self.path, overwrite=True)
+        weights = _unwrap(self.network).state_dict()
+        saved = weights if self.settings is None else {"model": weights, "settings": self.settings}
+        save_checkpoint(saved, self.path, overwrite=True)
         best = f"best key metric {float(engine.state.best_metric):.4f} at epoch {engine.state.epoch}"
         self.logger.info(f"saved {self.path} ({best})")
+        if self.settings is not None and self.bundle_root is not None and not self._configs_written:
+            from xattnres_monai.bundle.trained import describe, update_bundle_configs
+
+            changed = update_bundle_configs(self.bundle_root, self.settings)
+            self._configs_written = True
+            if changed:
+                names = ", ".join(os.path.basename(c) for c in changed)
+                self.logger.info(f"trained settings ({describe(self.settings)}) written into {names}")
 
 
 class CheckpointLoader(_MonaiCheckpointLoader):
-    """MONAI's :class:`~monai.handlers.CheckpointLoader` with checks and one-line errors (same arguments).
+    """MONAI's :class:`~monai.handlers.CheckpointLoader` with checks and one-line errors (same arguments, plus one).
 
     When the engine starts, the file is read with ``torch.load(weights_only=True)``; a missing, empty or
     unreadable file, or (``strict``) weights of another network configuration (the first missing, unexpected and
     differently shaped keys are named) end the run with ``error: <file>: <problem>`` and exit code 2, before
-    any output is written.
+    any output is written. A checkpoint that records the settings it was trained with (``{"model", "settings"}``,
+    written by :class:`BestModelCheckpoint`) is compared with ``settings`` (the config's ``trained_settings``), and a
+    difference (e.g. trained at ``roi_size`` [96, 96], configured [224, 224]) is refused the same way, naming both
+    values (:func:`xattnres_monai.bundle.check_settings`).
+
+    Args:
+        settings: the settings of this configuration, compared with the checkpoint's (``None``: not compared).
+        args, kwargs: as MONAI's ``CheckpointLoader``.
     """
+
+    def __init__(self, *args: Any, settings: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = settings
 
     def attach(self, engine: Engine) -> None:
         exit_on_user_errors(engine)
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        if not self.strict or not self.strict_shape:
-            load_checkpoint(self.load_path)  # readable at least
-            return super().__call__(engine)
+        from xattnres_monai.bundle.settings import SETTINGS_KEY, check_settings
+
         checkpoint = load_checkpoint(self.load_path)
+        if isinstance(checkpoint, Mapping) and SETTINGS_KEY in checkpoint:
+            check_settings(str(self.load_path), checkpoint[SETTINGS_KEY], self.settings)
+        if not self.strict or not self.strict_shape:
+            return super().__call__(engine)
         first = next(iter(self.load_dict))
         if len(self.load_dict) == 1 and isinstance(checkpoint, Mapping) and first not in checkpoint:
             checkpoint = {first: checkpoint}  # a bare state dict of the single object

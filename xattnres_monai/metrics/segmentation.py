@@ -50,6 +50,7 @@ __all__ = [
     "HD95_UNITS",
     "STATUSES",
     "SYNAPSE_ORGANS",
+    "class_names_for",
     "TABLE1_COLUMNS",
     "TABLE1_ORGANS",
     "evaluate_case",
@@ -87,6 +88,19 @@ TABLE1_ORGANS: Dict[str, str] = {
 TABLE1_COLUMNS: Tuple[str, ...] = ("DSC", "HD95", "mIoU", *TABLE1_ORGANS)
 
 Array = Union[np.ndarray, torch.Tensor]
+
+
+def class_names_for(num_classes: int, class_names: Optional[Sequence[str]] = None) -> List[str]:
+    """Every class's name, background first: ``class_names`` when given, else the Synapse organs for 9 classes and
+    ``class<i>`` otherwise (what reports, figures and DICOM-SEG segment labels show).
+
+    Example::
+
+        >>> class_names_for(3)
+        ['background', 'class1', 'class2']
+    """
+    names = _class_names(int(num_classes), class_names)
+    return ["background"] + [names[i] for i in range(1, int(num_classes))]
 
 
 def _class_names(num_classes: int, class_names: Optional[Sequence[str]] = None) -> Dict[int, str]:

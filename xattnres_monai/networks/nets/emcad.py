@@ -20,6 +20,7 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.emcad import EMCADDecoder, _upgrade_keys_in_place, upgrade_emcad_decoder_key
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS
+from xattnres_monai.networks.definition import record_definition
 from xattnres_monai.networks.nets.pvt import PVT_V2_CONFIGS, PVTv2, _normalise_variant
 from xattnres_monai.networks.utils import check_input
 from xattnres_monai.utils.options import as_bool, as_choice, as_float, as_int, as_optional_path
@@ -202,6 +203,12 @@ class EMCADNet(nn.Module):
         self.skip = skip
         self.xattnres = xattnres
         self.deep_supervision = deep_supervision
+        # pretrained_path only initialises a training run's encoder: not part of what the trained weights need
+        record_definition(
+            self, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, encoder=variant,
+            skip=skip, xattnres=xattnres, query_init=query_init, deep_supervision=deep_supervision,
+            drop_path_rate=drop_path_rate,
+        )  # fmt: skip
 
         self.stem = None
         if in_channels != 3:

@@ -13,6 +13,7 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
+from xattnres_monai.networks.definition import record_definition
 from xattnres_monai.networks.utils import check_input
 from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
@@ -307,6 +308,11 @@ class XAttnResUNet(nn.Module):
         self.out_channels = out_channels
         self.skip = skip
         self.xattnres = xattnres
+        record_definition(
+            self, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+            encoder_channels=encoder_channels, decoder_channels=decoder_channels, skip=skip, xattnres=xattnres,
+            query_init=query_init, dca=dca, act=act, norm=norm,
+        )  # fmt: skip
 
         def routing(channels: int, history: List[int], enabled: bool) -> Optional[XAttnRes]:
             if not enabled or not history:
