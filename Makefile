@@ -1,11 +1,12 @@
-# Quick start: `make demo` (train/evaluate/infer the Synapse bundle on generated phantoms), `make test`.
+# Quick start: `make demo` (train/evaluate/infer the Synapse bundle on generated phantoms; `make demo-2d`: a 2D
+# bundle), `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow benchmark summary clean corpus
+.PHONY: venv demo demo-2d test test-slow benchmark summary clean corpus
 
 venv: $(STAMP)
 
@@ -19,6 +20,11 @@ $(STAMP): setup.cfg pyproject.toml requirements.txt requirements-test.txt
 
 demo: $(STAMP)
 	$(PY) -m xattnres_monai.demo
+
+# the 2D demo: the CVC-ClinicDB polyp bundle on generated images (DEMO_TASK=colondb / isic2017: the other 2D bundles)
+DEMO_TASK ?= clinicdb
+demo-2d: $(STAMP)
+	$(PY) -m xattnres_monai.demo --task $(DEMO_TASK)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)

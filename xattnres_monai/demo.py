@@ -1,8 +1,8 @@
 """The embedded-default demo: a bundle end to end on generated data, leaving a trained, self-contained bundle.
 
 ``make demo`` (``python -m xattnres_monai.demo``): the Synapse CT bundle on generated abdominal-CT phantoms.
-``make demo-2d`` (``python -m xattnres_monai.demo --task polyp``): the CVC-ClinicDB polyp bundle on generated
-endoscopy-like images. Each runs, with the bundle's own commands:
+``make demo-2d`` (``python -m xattnres_monai.demo --task clinicdb``): the CVC-ClinicDB polyp bundle on generated
+endoscopy-like images (``--task colondb`` / ``isic2017``: the other 2D bundles). Each runs, with the bundle's own commands:
 
 1. a copy of the bundle (configs, docs, licence) as ``demo_output/<task>_bundle``: the bundle to be trained;
 2. generated data into its ``data/`` (``raw/``, ``datalist.json``, and new unseen scans in ``new_scans/``);
@@ -37,12 +37,11 @@ TASKS: Dict[str, Dict[str, object]] = {
         "overrides": ["--roi_size", "[96,96]", "--learning_rate", "0.002", "--num_workers", "0"],
         "epochs": 30,
     },
-    "polyp": {
-        "bundle": "clinicdb_polyp_segmentation",
-        "overrides": ["--roi_size", "[64,64]", "--learning_rate", "0.002", "--num_workers", "0", "--batch_size", "8"],
-        "epochs": 15,
-    },
 }
+_IMAGE_OVERRIDES = ["--roi_size", "[64,64]", "--learning_rate", "0.002", "--num_workers", "0", "--batch_size", "8"]
+for _dataset, _bundle in (("clinicdb", "clinicdb_polyp_segmentation"), ("colondb", "colondb_polyp_segmentation"),
+                          ("isic2017", "isic2017_skin_segmentation")):  # fmt: skip
+    TASKS[_dataset] = {"bundle": _bundle, "overrides": _IMAGE_OVERRIDES, "epochs": 15}
 # MONAI warns, at every `monai.bundle run`, that bundle configs run code; the demo runs only this repository's own
 # configs, so the note is shown once, by the demo, not at each of its steps
 _CONFIG_NOTICE = "parsing config_file"
@@ -88,19 +87,19 @@ def make_data(task: str, data: Path, cases: int) -> None:
                   str(data / "datalist.json")])  # fmt: skip
         return
     if not (data / "raw").exists():
-        _run([py, "-m", "xattnres_monai.data.image_phantoms", "clinicdb", str(data / "raw"), "--n", str(cases * 4),
+        _run([py, "-m", "xattnres_monai.data.image_phantoms", task, str(data / "raw"), "--n", str(cases * 4),
               "--size", "96", "112", "--seed", "0"])  # fmt: skip
-    if not (data / "new_scans").exists():
+    if not (data / "new_images").exists():  # the 2D bundles' default inference folder
         tmp = data / "new_raw"
-        _run([py, "-m", "xattnres_monai.data.image_phantoms", "clinicdb", str(tmp), "--n", "2", "--size", "96", "112",
+        _run([py, "-m", "xattnres_monai.data.image_phantoms", task, str(tmp), "--n", "2", "--size", "96", "112",
               "--seed", "99"])  # fmt: skip
-        (data / "new_scans").mkdir(parents=True)
+        (data / "new_images").mkdir(parents=True)
         images = sorted(p for p in tmp.rglob("*") if p.is_file() and "mask" not in str(p.relative_to(tmp)).lower())
         for i, image in enumerate(images):
-            shutil.move(str(image), data / "new_scans" / f"new_{i}{image.suffix}")
+            shutil.move(str(image), data / "new_images" / f"new_{i}{image.suffix}")
         shutil.rmtree(tmp)
     if not (data / "datalist.json").exists():
-        _run([py, "-m", "xattnres_monai.data.images", "clinicdb", "--input", str(data / "raw"), "--output",
+        _run([py, "-m", "xattnres_monai.data.images", task, "--input", str(data / "raw"), "--output",
               str(data / "datalist.json")])  # fmt: skip
 
 
@@ -118,7 +117,7 @@ def _shown(path: Path) -> str:
 def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
     """The commands (from the repository root) that use the trained bundle."""
     b, m = _shown(bundle_root), _shown(masks)
-    new = f"{b}/data/new_scans"
+    new = f"{b}/data/" + ("new_scans" if task == "synapse" else "new_images")
     evaluate = (
         f"python -m monai.bundle run --config_file \"['{b}/configs/train.json','{b}/configs/evaluate.json']\" "
         f"--bundle_root {b} --overwrite true"
@@ -141,18 +140,23 @@ def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="synapse", help="synapse (CT, 3D scans) or polyp (2D)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="synapse",
+                        help="synapse (CT scans) or a 2D bundle's data set: clinicdb, colondb (polyps), isic2017 (skin)")
     parser.add_argument("--output", default="demo_output", help="working folder (the trained bundle, masks)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 CT, 15 polyp)")
-    parser.add_argument("--cases", type=int, default=12, help="phantom cases (CT) / 4 x images (polyp)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: 30 CT, 15 2D; XATTNRES_DEMO_QUICK=1 in the environment: 1 epoch, 4 cases)")
+    parser.add_argument("--cases", type=int, default=12, help="phantom cases (CT) / 4 x images (2D)")
     parser.add_argument("--fresh", action="store_true", help="delete previous demo models and outputs first")
     args = parser.parse_args(argv)
     start = time.time()
     task = args.task
-    epochs = int(args.epochs or TASKS[task]["epochs"])  # type: ignore[call-overload]
+    # XATTNRES_DEMO_QUICK=1: 1 epoch on 4 cases, to run the documented commands as written (the "From zero" test)
+    quick = os.environ.get("XATTNRES_DEMO_QUICK", "") not in ("", "0")
+    epochs = 1 if quick else int(args.epochs or TASKS[task]["epochs"])  # type: ignore[call-overload]
+    cases = min(args.cases, 4) if quick else args.cases
     out = Path(args.output).resolve()
     bundle_root = out / f"{task}_bundle"
-    masks = out / ("masks" if task == "synapse" else "polyp_masks")
+    masks = out / ("masks" if task == "synapse" else f"{task}_masks")
     print(
         "note: MONAI warns that a bundle config can run any code (its `_target_` and `$` values); this demo runs "
         "only this repository's bundle configs, and that warning is not repeated at each step."
@@ -160,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     if args.fresh:
         shutil.rmtree(masks, ignore_errors=True)
     make_bundle(task, bundle_root, args.fresh)
-    make_data(task, bundle_root / "data", args.cases)
+    make_data(task, bundle_root / "data", cases)
 
     py = sys.executable
     bundle = [py, "-m", "monai.bundle", "run", "--bundle_root", str(bundle_root)]
@@ -169,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
          + ["--max_epochs", str(epochs), "--val_interval", str(val_interval)])  # fmt: skip
     # the trained bundle's own configs now state its settings: evaluation and prediction need no overrides
     _run(bundle + ["--config_file", _config_list(bundle_root, "train.json", "evaluate.json"), "--overwrite", "true"])
-    _run([py, "-m", "xattnres_monai", "predict", "-i", str(bundle_root / "data" / "new_scans"), "-o", str(masks),
+    new = bundle_root / "data" / ("new_scans" if task == "synapse" else "new_images")
+    _run([py, "-m", "xattnres_monai", "predict", "-i", str(new), "-o", str(masks),
           "--bundle", str(bundle_root), "--overwrite", "--set", "save_figures=true"])  # fmt: skip
 
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min")
@@ -190,7 +195,7 @@ def _report(task: str, bundle_root: Path, masks: Path) -> float:
         result = float(summary["literature"]["DSC"])
         print(f"  mean Dice over the 8 organs on the test phantoms: {result:.2f} % (literature convention)")
     else:
-        result = 100.0 * float(rows[0]["dice"]) if "dice" in rows[0] else float("nan")
+        result = 100.0 * float(rows[0]["mean_dice"])
         print(f"  mean Dice on the test images: {result:.2f} %")
     print(f"  evaluation reports: {bundle_root / 'eval'}")
     print(f"  masks:              {masks}")

@@ -20,7 +20,8 @@ from xattnres_monai.utils.files import InputError
 __all__ = ["DEFAULT_BUNDLES", "find_bundle", "parse_overrides", "predict", "scan_inputs"]
 
 #: where a trained bundle is looked for when none is given: the current folder, then the demo's bundles
-DEFAULT_BUNDLES = (".", "demo_output/synapse_bundle", "demo_output/polyp_bundle")
+DEFAULT_BUNDLES = (".", "demo_output/synapse_bundle", "demo_output/clinicdb_bundle", "demo_output/colondb_bundle",
+                   "demo_output/isic2017_bundle")
 
 
 def _is_bundle(folder: Path) -> bool:

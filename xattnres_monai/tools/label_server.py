@@ -213,6 +213,9 @@ def deploy_bundle(
 def check_weights(deployed: Path) -> str:
     """Load ``<deployed>/models/model.pt`` strictly into the inference network of the deployed bundle.
 
+    A checkpoint that records its trained settings (input size, intensity window, classes, network definition) is
+    also compared with the deployed ``inference.json`` (:func:`xattnres_monai.bundle.check_settings`).
+
     The network is the bundle's ``network_def``; the Synapse bundle builds it with
     :func:`xattnres_monai.networks.utils.strict_network`, so MONAI Label's own non-strict load is refused too.
 
@@ -238,6 +241,11 @@ def check_weights(deployed: Path) -> str:
     parser.read_config(str(deployed / "configs" / "inference.json"))
     parser["bundle_root"] = str(deployed)
     network = parser.get_parsed_content("network_def", instantiate=True)
+    if isinstance(checkpoint, dict) and "settings" in checkpoint and "trained_settings" in parser.get("", {}):
+        from xattnres_monai.bundle.settings import check_settings
+
+        parser["network"] = network  # the settings describe the network already built (no second copy)
+        check_settings(str(path), checkpoint["settings"], parser.get_parsed_content("trained_settings"))
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:

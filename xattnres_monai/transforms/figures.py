@@ -13,7 +13,7 @@ from xattnres_monai.data.inputs import MAX_VOXELS, Volume, read_volume
 from xattnres_monai.utils.files import InputError, as_bool
 from xattnres_monai.visualize.scan_figure import save_scan_figure
 
-__all__ = ["SaveScanFigured", "figure_path_for"]
+__all__ = ["SaveImageFigured", "SaveScanFigured", "figure_path_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,5 +145,77 @@ class SaveScanFigured(MapTransform):
                 if isinstance(err, InputError):
                     raise
                 raise InputError(volume.path, str(err)) from None
+            logger.info(f"{path}: figure written")
+        return d
+
+
+class SaveImageFigured(MapTransform):
+    """Write ``<output_dir>/<image name>_figure.png`` for a 2D image: the photo beside it with the predicted mask.
+
+    For the 2D bundles' inference postprocessing, after ``Invertd`` and thresholding: the prediction ``(1, H, W)`` is
+    on the original image's pixel grid. The original image is read again from its file (``filename_or_obj`` in the
+    image's metadata) with Pillow (as RGB), so the figure shows the photo as it was given, at a readable size
+    (:func:`~xattnres_monai.visualize.scan_figure.image_figure`, panels of at least 512 px, a legend).
+
+    Args:
+        keys: the prediction key (a binary or label map on the image's grid).
+        output_dir: folder of the figures.
+        image_key: key whose metadata names the image file.
+        class_names: names by class index (default ``["background", "lesion"]``).
+        postfix: file name postfix (``<name>_<postfix>.png``).
+        overwrite: replace existing figures; else an existing one is an :class:`InputError`.
+
+    Example::
+
+        >>> SaveImageFigured("pred", output_dir="out", class_names=["background", "polyp"])(item)  # out/<name>_figure.png
+    """
+
+    def __init__(
+        self,
+        keys: Union[str, Sequence[str]] = "pred",
+        output_dir: Union[str, "os.PathLike[str]"] = "./figures",
+        image_key: str = "image",
+        class_names: Optional[Sequence[str]] = None,
+        postfix: str = "figure",
+        overwrite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.image_key = image_key
+        self.class_names = list(class_names) if class_names else ["background", "lesion"]
+        self.postfix = postfix
+        self.overwrite = as_bool(overwrite, "SaveImageFigured: overwrite")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        import numpy as np
+        from PIL import Image
+
+        from xattnres_monai.visualize.scan_figure import save_image_figure
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = _source_file(d, [self.image_key, key])
+            if source is None:
+                raise InputError(f"<{key}>", "no 'filename_or_obj' in the image's metadata: cannot find the image")
+            stem = Path(str(source)).stem
+            path = self.output_dir / f"{stem}_{self.postfix}.png"
+            if not self.overwrite and os.path.lexists(path):
+                raise InputError(path, _EXISTS)
+            try:
+                with Image.open(source) as opened:
+                    photo = np.asarray(opened.convert("RGB"))
+            except OSError as err:
+                raise InputError(source, f"cannot read the image again for its figure ({err})") from None
+            pred = np.asarray(d[key].detach().cpu() if hasattr(d[key], "detach") else d[key])
+            pred = pred[0] if pred.ndim == 3 else pred
+            if pred.shape != photo.shape[:2]:
+                raise InputError(source, f"prediction {pred.shape} is not on the image's grid {photo.shape[:2]} "
+                                 "(apply Invertd first)")  # fmt: skip
+            try:
+                save_image_figure(path, photo, (pred > 0.5).astype(np.uint8), overwrite=self.overwrite,
+                                  class_names=self.class_names, title=stem)  # fmt: skip
+            except FileExistsError:
+                raise InputError(path, _EXISTS) from None
             logger.info(f"{path}: figure written")
         return d
