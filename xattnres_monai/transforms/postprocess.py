@@ -1,0 +1,290 @@
+"""Post-processing of label maps, per class, with every step recorded for the reports.
+
+- :class:`LargestComponentd`: keep the largest connected component of each chosen class (MONAI's
+  ``KeepLargestConnectedComponent``, per label); the other components become background.
+- :class:`RemoveSmallComponentsd`: remove the connected components of each chosen class below a size, in mL
+  (3D, from the label map's affine: the grid of the scan after ``Invertd``), mm^3 or voxels / pixels (MONAI's
+  ``RemoveSmallObjects`` with ``by_measure``, on the class's mask); they become background.
+- :class:`PostProcessd`: both, in that order, from one config entry.
+
+Each transform appends what it did to ``data["postprocessing"]`` (a list of JSON-ready dicts: the step, its
+parameters and the voxels removed per class), which :class:`~xattnres_monai.metrics.organ_report.OrganReportd`
+and the cohort records list. The label map is ``(1, *spatial)`` class ids (after ``AsDiscreted(argmax=True)``).
+
+Example::
+
+    >>> post = PostProcessd("pred", largest_component="all", min_size={"7": 1.0}, unit="mL")
+    >>> item = post({"pred": label})
+    >>> [step["step"] for step in item["postprocessing"]]
+    ['largest_component', 'min_size']
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+from monai.transforms import KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
+
+__all__ = ["UNITS", "LargestComponentd", "PostProcessd", "RemoveSmallComponentsd", "describe_steps"]
+
+#: units of ``min_size``: mL and mm^3 use the label map's spacing, voxels (= pixels in 2D) do not.
+UNITS = {"ml": 1000.0, "mm3": 1.0, "voxels": None, "pixels": None}
+Classes = Union[str, int, Sequence[int], None]
+Sizes = Union[float, Mapping[Any, float], None]
+
+
+def _label_tensor(label: Any) -> torch.Tensor:
+    if not isinstance(label, torch.Tensor):
+        label = torch.as_tensor(np.asarray(label))
+    if label.ndim < 3 or label.shape[0] != 1:
+        raise ValueError(f"expected a label map of shape (1, *spatial), got {tuple(label.shape)} (apply AsDiscreted).")
+    return label
+
+
+def _present(label: torch.Tensor) -> List[int]:
+    return [int(v) for v in torch.unique(label).tolist() if int(v) != 0]
+
+
+def _classes(classes: Classes, label: torch.Tensor) -> List[int]:
+    """``"all"`` (or ``True``): the foreground classes present; else the given class id(s)."""
+    if classes is None or classes is False:
+        return []
+    if classes is True or (isinstance(classes, str) and classes.lower() == "all"):
+        return _present(label)
+    if isinstance(classes, (int, str)):
+        return [int(classes)]
+    return sorted({int(c) for c in classes})
+
+
+def _record(data: Dict[Hashable, Any], key: str, step: Dict[str, Any]) -> None:
+    data[key] = [*data.get(key, []), step]
+
+
+def _removed(before: torch.Tensor, after: torch.Tensor, classes: Sequence[int]) -> Dict[str, int]:
+    return {str(c): int(((before == c) & (after != c)).sum()) for c in classes}
+
+
+class LargestComponentd(MapTransform):
+    """Keep only the largest connected component of each chosen class; the rest of the class becomes background.
+
+    MONAI's ``KeepLargestConnectedComponent(applied_labels=classes, independent=True)`` on the label map.
+
+    Args:
+        keys: label map key(s), ``(1, *spatial)`` class ids.
+        classes: the class ids, or ``"all"`` (every foreground class present).
+        connectivity: neighbourhood of a component, 1 .. number of spatial dims (``None``: the full one, 26 in 3D).
+        record_key: where the step is recorded.
+        allow_missing_keys: as for any ``MapTransform``.
+
+    Example::
+
+        >>> LargestComponentd("pred", classes=[1, 6])({"pred": label})["postprocessing"][0]["step"]
+        'largest_component'
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        classes: Classes = "all",
+        connectivity: Optional[int] = None,
+        record_key: str = "postprocessing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.classes = classes
+        self.connectivity = connectivity
+        self.record_key = record_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = _label_tensor(d[key])
+            classes = _classes(self.classes, label)
+            connectivity = self.connectivity or label.ndim - 1
+            if classes:
+                keep = KeepLargestConnectedComponent(applied_labels=classes, is_onehot=False, independent=True,
+                                                     connectivity=connectivity)  # fmt: skip
+                before = {c: int((label == c).sum()) for c in classes}
+                d[key] = result = keep(label)  # (MONAI changes the label map in place)
+                removed = {str(c): before[c] - int((result == c).sum()) for c in classes}
+            else:
+                removed = {}
+            _record(d, self.record_key, {"step": "largest_component", "key": str(key), "classes": classes,
+                                         "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+        return d
+
+
+class RemoveSmallComponentsd(MapTransform):
+    """Remove the connected components of each class smaller than a size (they become background).
+
+    The size is per class (``{class id: size}``) or one number for every foreground class, in mL or mm^3 (the
+    voxel volume from the label map's affine, i.e. the scan's own spacing once the map is back on the scan's grid)
+    or in voxels (pixels for 2D images). A component is kept when its size is at least the threshold. Runs MONAI's
+    ``RemoveSmallObjects(by_measure=True)`` on each class's mask.
+
+    Args:
+        keys: label map key(s), ``(1, *spatial)`` class ids.
+        min_size: one size for every class, or ``{class id: size}`` (keys may be strings, as in JSON configs).
+        unit: ``"mL"``, ``"mm3"``, ``"voxels"`` or ``"pixels"``.
+        connectivity: neighbourhood of a component, 1 .. number of spatial dims (``None``: the full one).
+        spacing: the voxel spacing (mm) for a label map without an affine (plain tensor).
+        record_key: where the step is recorded.
+        allow_missing_keys: as for any ``MapTransform``.
+
+    Example::
+
+        >>> RemoveSmallComponentsd("pred", min_size={"2": 0.5}, unit="mL")({"pred": label_metatensor})
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        min_size: Sizes = 0.0,
+        unit: str = "mL",
+        connectivity: Optional[int] = None,
+        spacing: Optional[Sequence[float]] = None,
+        record_key: str = "postprocessing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if str(unit).lower() not in UNITS:
+            raise ValueError(f"unit must be one of {sorted(UNITS)} (case-insensitive), got {unit!r}.")
+        self.unit = str(unit)
+        self.min_size = min_size
+        self._sizes: Optional[Dict[int, float]] = None
+        if isinstance(min_size, Mapping):
+            self._sizes = {int(k): float(v) for k, v in min_size.items()}
+        elif min_size is not None:
+            float(min_size)  # a number, or a clear error now rather than on the first scan
+        self.connectivity = connectivity
+        self.spacing = spacing
+        self.record_key = record_key
+
+    def _per_class(self, label: torch.Tensor) -> Dict[int, float]:
+        if self.min_size is None:
+            return {}
+        if self._sizes is not None:
+            return dict(self._sizes)
+        return {c: float(self.min_size) for c in _present(label)}
+
+    def _pixdim(self, label: Any, spatial_dims: int) -> List[float]:
+        if UNITS[self.unit.lower()] is None:
+            return [1.0] * spatial_dims
+        if isinstance(label, MetaTensor):
+            return [float(s) for s in affine_to_spacing(label.affine, r=spatial_dims)]
+        if self.spacing is not None:
+            return [float(s) for s in self.spacing]
+        raise ValueError(f"min_size in {self.unit} needs the voxel spacing: a MetaTensor label map or `spacing`.")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = _label_tensor(d[key])
+            spatial_dims = label.ndim - 1
+            sizes = {c: s for c, s in self._per_class(label).items() if s > 0}
+            pixdim = self._pixdim(d[key], spatial_dims)
+            scale = UNITS[self.unit.lower()] or 1.0
+            connectivity = self.connectivity or spatial_dims
+            result = label.clone()
+            plain = label.as_tensor() if isinstance(label, MetaTensor) else label
+            for cls, size in sorted(sizes.items()):
+                mask = plain == cls
+                if not bool(mask.any()):
+                    continue
+                remove = RemoveSmallObjects(min_size=size * scale, connectivity=connectivity, by_measure=True,
+                                            pixdim=pixdim)  # fmt: skip
+                with warnings.catch_warnings():  # MONAI still passes scikit-image's deprecated ``min_size``
+                    warnings.filterwarnings("ignore", message=".*min_size.*", category=FutureWarning)
+                    kept = torch.as_tensor(np.asarray(remove(mask.cpu().numpy())), device=mask.device).bool()
+                result[mask & ~kept] = 0
+            removed = _removed(plain, result.as_tensor() if isinstance(result, MetaTensor) else result, sorted(sizes))
+            d[key] = result
+            voxel = math.prod(pixdim)
+            _record(d, self.record_key, {"step": "min_size", "key": str(key), "unit": self.unit,
+                                         "min_size": {str(c): s for c, s in sorted(sizes.items())},
+                                         "min_voxels": {str(c): int(math.ceil(s * scale / voxel))
+                                                        for c, s in sorted(sizes.items())},
+                                         "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+        return d
+
+
+class PostProcessd(MapTransform):
+    """Per-class largest connected component, then removal of components below a size: one config entry.
+
+    Args:
+        keys: label map key(s), ``(1, *spatial)`` class ids (after ``AsDiscreted(argmax=True)``).
+        largest_component: class ids whose largest component alone is kept, ``"all"``, or ``None`` (step off).
+        min_size: one size for every class or ``{class id: size}``; ``None`` or 0: step off.
+        unit: the unit of ``min_size``: ``"mL"``, ``"mm3"``, ``"voxels"`` / ``"pixels"``.
+        connectivity: neighbourhood of a component (``None``: the full one, 26 in 3D, 8 in 2D).
+        spacing: voxel spacing for label maps without an affine (only for ``mL`` / ``mm3``).
+        record_key: where the steps are recorded (a list of dicts).
+        allow_missing_keys: as for any ``MapTransform``.
+
+    Example (``inference.json``, after ``AsDiscreted``)::
+
+        {"_target_": "xattnres_monai.transforms.postprocess.PostProcessd", "keys": "pred",
+         "largest_component": [1, 2, 3, 4, 6, 7, 8], "min_size": {"5": 0.5}, "unit": "mL"}
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        largest_component: Classes = None,
+        min_size: Sizes = None,
+        unit: str = "mL",
+        connectivity: Optional[int] = None,
+        spacing: Optional[Sequence[float]] = None,
+        record_key: str = "postprocessing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.steps: List[MapTransform] = []
+        if largest_component is not None and largest_component is not False:
+            self.steps.append(LargestComponentd(keys, largest_component, connectivity, record_key, allow_missing_keys))
+        if min_size is not None and (isinstance(min_size, Mapping) or float(min_size) > 0):
+            self.steps.append(RemoveSmallComponentsd(keys, min_size, unit, connectivity, spacing, record_key,
+                                                     allow_missing_keys))  # fmt: skip
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for step in self.steps:
+            d = step(d)
+        return d
+
+
+def describe_steps(steps: Sequence[Mapping[str, Any]], class_names: Optional[Mapping[int, str]] = None) -> List[str]:
+    """One line per recorded step, for reports.
+
+    Example::
+
+        >>> describe_steps(item["postprocessing"], {6: "liver"})
+        ['largest connected component of liver (connectivity 3): 12 voxel(s) removed']
+    """
+    names = class_names or {}
+
+    def name(c: Any) -> str:
+        return names.get(int(c), f"class {c}")
+
+    lines = []
+    for step in steps:
+        removed = sum(int(v) for v in step.get("removed_voxels", {}).values())
+        hops = step.get("connectivity")
+        if step.get("step") == "largest_component":
+            classes = ", ".join(name(c) for c in step.get("classes", [])) or "no class"
+            lines.append(f"largest connected component of {classes} (connectivity {hops}): "
+                         f"{removed} voxel(s) removed")  # fmt: skip
+        elif step.get("step") == "min_size":
+            sizes = ", ".join(f"{name(c)} < {s:g} {step.get('unit')}" for c, s in step.get("min_size", {}).items())
+            lines.append(f"components removed below {sizes or 'no size'} (connectivity {hops}): "
+                         f"{removed} voxel(s) removed")  # fmt: skip
+        else:
+            lines.append(str(dict(step)))
+    return lines
