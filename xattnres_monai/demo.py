@@ -94,9 +94,14 @@ def make_data(task: str, data: Path, cases: int) -> None:
         _run([py, "-m", "xattnres_monai.data.image_phantoms", task, str(tmp), "--n", "2", "--size", "96", "112",
               "--seed", "99"])  # fmt: skip
         (data / "new_images").mkdir(parents=True)
-        images = sorted(p for p in tmp.rglob("*") if p.is_file() and "mask" not in str(p.relative_to(tmp)).lower())
+        # the release's images (not its masks), as its own datalist pairs them
+        from xattnres_monai.data.images import prepare_images
+
+        listed = prepare_images(task, tmp, tmp / "datalist.json")  # paths relative to the datalist's folder
+        images = sorted({item["image"] for section in listed.values() if isinstance(section, list) for item in section})
         for i, image in enumerate(images):
-            shutil.move(str(image), data / "new_images" / f"new_{i}{image.suffix}")
+            source = Path(image) if Path(image).is_absolute() else tmp / image
+            shutil.move(str(source), data / "new_images" / f"new_{i}{source.suffix}")
         shutil.rmtree(tmp)
     if not (data / "datalist.json").exists():
         _run([py, "-m", "xattnres_monai.data.images", task, "--input", str(data / "raw"), "--output",
