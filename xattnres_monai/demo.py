@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import nibabel as nib
+import numpy as np
+
+from xattnres_monai.data.images import prepare_images
+from xattnres_monai.testing.dicom import write_ct_series
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 TASKS: Dict[str, Dict[str, object]] = {
     "synapse": {
@@ -42,6 +48,12 @@ _IMAGE_OVERRIDES = ["--roi_size", "[64,64]", "--learning_rate", "0.002", "--num_
 for _dataset, _bundle in (("clinicdb", "clinicdb_polyp_segmentation"), ("colondb", "colondb_polyp_segmentation"),
                           ("isic2017", "isic2017_skin_segmentation")):  # fmt: skip
     TASKS[_dataset] = {"bundle": _bundle, "overrides": _IMAGE_OVERRIDES, "epochs": 15}
+# what the demo's prediction shows: figures; for CT also test-time mirroring, the organ report (on by default) and
+# DICOM-SEG for the DICOM copy of the new scan
+PREDICT_OPTIONS = {
+    False: ["--set", "save_figures=true"],
+    True: ["--set", "save_figures=true", "--set", "tta_flip_axes=[0,1]", "--set", "save_dicom_seg=true"],
+}
 # MONAI warns, at every `monai.bundle run`, that bundle configs run code; the demo runs only this repository's own
 # configs, so the note is shown once, by the demo, not at each of its steps
 _CONFIG_NOTICE = "parsing config_file"
@@ -81,6 +93,10 @@ def make_data(task: str, data: Path, cases: int) -> None:
             (data / "new_scans").mkdir(parents=True)
             for image in tmp.glob("img*.nii.gz"):
                 shutil.move(str(image), data / "new_scans" / image.name)
+                # ... and the same scan as a DICOM series, as a scanner exports it (DICOM-SEG output)
+                scan = nib.load(str(data / "new_scans" / image.name))
+                write_ct_series(data / "new_scans" / f"{image.name[: -len('.nii.gz')]}_dicom",
+                                np.asarray(scan.dataobj).astype(np.int16), spacing=scan.header.get_zooms()[:3])
             shutil.rmtree(tmp)
         if not (data / "datalist.json").exists():
             _run([py, "-m", "xattnres_monai.data.synapse", "--input", str(data / "raw"), "--output",
@@ -95,8 +111,6 @@ def make_data(task: str, data: Path, cases: int) -> None:
               "--seed", "99"])  # fmt: skip
         (data / "new_images").mkdir(parents=True)
         # the release's images (not its masks), as its own datalist pairs them
-        from xattnres_monai.data.images import prepare_images
-
         listed = prepare_images(task, tmp, tmp / "datalist.json")  # paths relative to the datalist's folder
         images = sorted({item["image"] for section in listed.values() if isinstance(section, list) for item in section})
         for i, image in enumerate(images):
@@ -134,7 +148,8 @@ def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
     )
     steps = [
         f"evaluate:     {evaluate}",
-        f"predict:      python -m xattnres_monai predict -i {new} -o {m} --bundle {b} --overwrite --set save_figures=true",
+        f"predict:      python -m xattnres_monai predict -i {new} -o {m} --bundle {b} --overwrite "
+        + " ".join(PREDICT_OPTIONS[task == "synapse"]),
         f"bundle infer: python -m monai.bundle run --config_file {b}/configs/inference.json --bundle_root {b}",
         f"export:       {export}",
         f"tensorboard:  tensorboard --logdir {b}/eval",
@@ -179,8 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     # the trained bundle's own configs now state its settings: evaluation and prediction need no overrides
     _run(bundle + ["--config_file", _config_list(bundle_root, "train.json", "evaluate.json"), "--overwrite", "true"])
     new = bundle_root / "data" / ("new_scans" if task == "synapse" else "new_images")
-    _run([py, "-m", "xattnres_monai", "predict", "-i", str(new), "-o", str(masks),
-          "--bundle", str(bundle_root), "--overwrite", "--set", "save_figures=true"])  # fmt: skip
+    _run([py, "-m", "xattnres_monai", "predict", "-i", str(new), "-o", str(masks), "--bundle", str(bundle_root),
+          "--overwrite", *PREDICT_OPTIONS[task == "synapse"]])  # fmt: skip
 
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min")
     result = _report(task, bundle_root, masks)
@@ -206,6 +221,10 @@ def _report(task: str, bundle_root: Path, masks: Path) -> float:
     print(f"  masks:              {masks}")
     if figures:
         print(f"  figures:            {', '.join(figures)}")
+    for what, pattern in (("organ reports", "*_organs.csv"), ("DICOM-SEG", "*_seg.dcm"), ("cohort table", "cohort.csv")):
+        found = sorted(str(p) for p in masks.glob(pattern))
+        if found:
+            print(f"  {what + ':':<19} {', '.join(found)}")
     if curves.is_file():
         print(f"  training curves:    {curves}")
     return result
