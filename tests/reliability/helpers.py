@@ -68,6 +68,12 @@ def files_under(folder: Path) -> List[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def masks_under(folder: Path) -> List[str]:
+    """The masks (``*_seg.nii.gz``) and any temporary file under an inference output folder, sorted: what inference
+    wrote for which scan, without the organ reports and cohort records that go with each finished mask."""
+    return [f for f in files_under(folder) if f.endswith("_seg.nii.gz") or Path(f).name.startswith(".tmp")]
+
+
 # ------------------------------------------------------------------------------------------------------ runners
 
 

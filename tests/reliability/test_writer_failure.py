@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reliability.helpers import files_under, make_datalist, run_inprocess, run_workflow, write_model
+from tests.reliability.helpers import files_under, make_datalist, masks_under, run_inprocess, run_workflow, write_model
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
@@ -110,19 +110,19 @@ def test_inference_mask_writer_fails_on_the_second_scan(source, tmp_path, monkey
         os.chmod(out, stat.S_IRWXU) if out.exists() else None
     assert outcome.code == 2, outcome.stderr[-3000:]
     assert "Traceback" not in outcome.stderr
-    assert files_under(out)[0] == "a_seg.nii.gz"  # the first mask, complete and readable
+    assert masks_under(out)[0] == "a_seg.nii.gz"  # the first mask, complete and readable
     _assert_mask(out / "a_seg.nii.gz", scans / "a.nii.gz")
     assert not (out / "b_seg.nii.gz").exists() and not [f for f in files_under(out) if f.startswith(".tmp")]
     lines = outcome.error_lines
     assert any(f"{out / 'b_seg.nii.gz'}: cannot write the mask" in line for line in lines), outcome.stderr
     if failure == "disk_full":  # the run went on with the next scan
-        assert files_under(out) == ["a_seg.nii.gz", "c_seg.nii.gz"] and "No space left on device" in outcome.stderr
+        assert masks_under(out) == ["a_seg.nii.gz", "c_seg.nii.gz"] and "No space left on device" in outcome.stderr
         _assert_mask(out / "c_seg.nii.gz", scans / "c.nii.gz")
         monkeypatch.setattr(NibabelWriter, "write", original)
         again = run_workflow(["inference.json"], source / "bundle", "infer", dataset_dir=str(scans),
                              output_dir=str(out))  # fmt: skip
         assert again.code == 0 and "skipped" in again.stdout  # the existing masks are kept, b is written now
-        assert files_under(out) == ["a_seg.nii.gz", "b_seg.nii.gz", "c_seg.nii.gz"]
+        assert masks_under(out) == ["a_seg.nii.gz", "b_seg.nii.gz", "c_seg.nii.gz"]
 
 
 def test_data_preparation_label_writer_fails_on_the_second_case(source, tmp_path, monkeypatch):
