@@ -23,7 +23,7 @@ from tests.reliability.helpers import CONFIGS, TINY_ARGS, bundle_env, files_unde
 #: a test-only overlay: 0.15 s per iteration, so that an epoch lasts long enough to be killed in the middle
 SLOW_OVERLAY = {
     "imports": json.loads((CONFIGS / "train.json").read_text())["imports"] + ["$import time"],
-    "log_iterations": True,  # "Epoch: 2/2, Iter: 3/8" lines tell the test where training is
+    "log_iterations": True,  # the per-iteration loss lines ("Epoch: 2/2, Iter: 3/8") tell the test where training is
     "run": [
         "$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED, lambda e: time.sleep(0.15))",
         "$@train#trainer.run()",
