@@ -298,7 +298,7 @@ def test_organ_volumes_are_voxel_count_times_voxel_volume(tmp_path):
     hu = torch.as_tensor(np.random.default_rng(0).normal(40, 30, size=label.shape[1:])).float()
     item = {
         "pred": MetaTensor(label, affine=torch.as_tensor(affine)),
-        "image_original": MetaTensor(hu, affine=torch.as_tensor(affine), meta={"filename_or_obj": "scan.nii.gz"}),
+        "original_image": MetaTensor(hu, affine=torch.as_tensor(affine), meta={"filename_or_obj": "scan.nii.gz"}),
         "output": str(tmp_path / "scan_seg.nii.gz"),
     }
     item = PostProcessd("pred", largest_component=[6])(item)
@@ -544,7 +544,7 @@ BUNDLE_OPTIONS = {
              "num_classes": "@num_classes", "overwrite": "@overwrite", "failures": "$@inputs.failures",
              "_disabled_": f"$not {_AS_BOOL}(@save_dicom_seg, 'save_dicom_seg')"},
             {"_target_": "xattnres_monai.metrics.organ_report.OrganReportd", "keys": "pred",
-             "image_key": "image_original", "num_classes": "@num_classes", "overwrite": "@overwrite",
+             "image_key": "original_image", "num_classes": "@num_classes", "overwrite": "@overwrite",
              "failures": "$@inputs.failures", "_disabled_": f"$not {_AS_BOOL}(@organ_report, 'organ_report')"},
         ],
     },

@@ -131,7 +131,7 @@ def test_load_volumed_checks_the_array_it_returns(tmp_path):
     load = LoadVolumed(["image", "label"], label_keys="label", num_classes=4, keep_original="label")
     item = load({"image": str(image), "label": str(label)})
     assert tuple(item["image"].shape) == (8, 8, 4) and item["image_meta_dict"]["filename_or_obj"] == str(image)
-    assert torch.equal(item["label_original"], item["label"]) and item["label_original"] is not item["label"]
+    assert torch.equal(item["original_label"], item["label"]) and item["original_label"] is not item["label"]
     with pytest.raises(InputError, match=r"lab.nii.gz: unknown label values \[3\] \(expected 0-2\)"):
         LoadVolumed(["image", "label"], label_keys="label", num_classes=3)({"image": str(image), "label": str(label)})
     shifted = save_nifti(tmp_path / "shifted.nii.gz", np.zeros((8, 8, 4), np.uint8), np.diag([1.0, 1, 1, 1]))

@@ -298,10 +298,15 @@ class CohortInputs(InferenceInputs):
         return shard(scans, self.rank, self.world_size, key=lambda s: self.outputs_for(s)["output"])
 
     def _reset(self, item: Mapping[str, str]) -> None:
-        """Before (re)doing a scan: remove its record, and without ``overwrite`` the outputs of an interrupted run."""
+        """Before (re)doing a scan: remove its record, and without ``overwrite`` the outputs of an interrupted run;
+        always the temporary files a killed writer left (``atomic_write``'s ``.tmp-<8 hex>-<name>``)."""
+        targets = [item["record"], item["output"], *(sibling_path(item["output"], s, self.postfix) for s in self.suffixes)]
         paths = [item["record"]]
         if not self._redo_all:
-            paths += [item["output"], *(sibling_path(item["output"], s, self.postfix) for s in self.suffixes)]
+            paths += targets[1:]
+        for target in targets:
+            folder, name = os.path.split(target)
+            paths += glob.glob(os.path.join(glob.escape(folder), ".tmp-" + "[0-9a-f]" * 8 + "-" + glob.escape(name)))
         removed = []
         for path in paths:
             if os.path.lexists(path):

@@ -124,7 +124,7 @@ class SegmentationReport:
         # the ground truth is the label as loaded (``LoadVolumed(keep_original=[label_key])``: read and checked once,
         # on its own grid, not resampled); the prediction was inverted to that grid by ``Invertd``
         for item, source in zip(engine.state.output, engine.state.batch):
-            original = source[f"{self.label_key}_original"]
+            original = source[f"original_{self.label_key}"]
             label_file = original.meta["filename_or_obj"]
             pred = item[self.pred_key]
             pred = pred.argmax(0) if pred.shape[0] > 1 else pred[0]

@@ -233,14 +233,14 @@ class OrganReportd(MapTransform):
     Example (``inference.json``, after the writer)::
 
         {"_target_": "xattnres_monai.metrics.organ_report.OrganReportd", "keys": "pred",
-         "image_key": "image_original", "num_classes": "@num_classes", "failures": "$@inputs.failures"}
+         "image_key": "original_image", "num_classes": "@num_classes", "failures": "$@inputs.failures"}
     """
 
     def __init__(
         self,
         keys: KeysCollection = "pred",
         output_key: str = "output",
-        image_key: Optional[str] = "image_original",
+        image_key: Optional[str] = "original_image",
         num_classes: Optional[int] = None,
         class_names: ClassNames = None,
         suffix: str = "_organs",

@@ -34,7 +34,8 @@ class LoadVolumed(MapTransform):
         num_classes: classes including background (labels must lie in ``0..num_classes-1``); ``None``: not checked.
         max_voxels: refuse larger volumes from the header, before decoding.
         keep_original: keys whose loaded array is also kept, as a copy untouched by later transforms, as
-            ``<key>_original`` (evaluation compares predictions with the label on its own grid).
+            ``original_<key>`` (evaluation compares predictions with the label on its own grid; not ``<key>_...``:
+            MONAI's ``Spacingd`` treats ``<key>_*`` entries as metadata dictionaries).
         allow_missing_keys: as for any ``MapTransform``.
 
     Example::
@@ -78,7 +79,7 @@ class LoadVolumed(MapTransform):
             d[key] = volume.data
             d[f"{key}_meta_dict"] = volume.data.meta
             if key in self.keep_original:
-                d[f"{key}_original"] = volume.data.clone()
+                d[f"original_{key}"] = volume.data.clone()
         return d
 
 
