@@ -9,7 +9,11 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = {"predict": "segment new scans with a trained bundle", "demo": "the demo: train, evaluate, predict"}
+COMMANDS = {
+    "predict": "segment new scans with a trained bundle",
+    "routing": "see the learned XAttnRes routing of a trained bundle",
+    "demo": "the demo: train, evaluate, predict",
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -23,6 +27,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "predict":
         from xattnres_monai.cli.predict import main as run
+    elif command == "routing":
+        from xattnres_monai.cli.routing import main as run
     else:
         from xattnres_monai.demo import main as run
     run(rest)
