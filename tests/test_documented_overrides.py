@@ -11,7 +11,11 @@
   from the bundle's default network wherever the override changes a value;
 * overrides of top-level bool keys (``--resume false``, ``--overwrite True`` ...): the value the CLI passes
   must mean what the docs say;
+* overrides of other top-level keys the config defines (``--tta_flip_axes "[0,1]"``, ``--min_size 50``): the
+  value the CLI passes must be the documented literal (a list as a list, a number as a number);
 * overrides of a component's option (``--train#handlers#2#mode norm``): the component built by the CLI has it;
+  a whole list item replaced (``--preprocessing#transforms#4 "{'_target_': 'Spacingd', ...}"``): the CLI builds
+  that class there;
 * any other key must be listed in :data:`NOT_CHECKED` (paths, data, numbers), else the test fails.
 
 The CLI is ``monai.bundle``'s ``__main__`` module (fire parsing ``sys.argv``), run with :mod:`runpy` several
@@ -66,6 +70,7 @@ NOT_CHECKED = {
     "onto": "an option of the label-mapping tool (argparse)",
     "window": "an option of the data-preparation tool (argparse)",
     "bundle": "an option of the label server / bundle-copy tool (argparse)",
+    "set": "an option of python -m xattnres_monai predict (argparse), taking key=value overrides",
 }
 
 #: the routing configurations that must stay documented for every bundle (typed network overrides).
@@ -82,8 +87,14 @@ OVERRIDE = re.compile(r"--([A-Za-z_][\w#]*)\s+(\"[^\"]*\"|'[^']*'|[^\s`\\]+)")
 CONFIG_LIST = re.compile(r"\"(\[[^\"]*configs/[^\"]*\])\"")
 
 
+def unquoted(value: str) -> str:
+    """The argument as the shell passes it: ``"[0,1]"`` -> ``[0,1]``."""
+    return shlex.split(value)[0] if value[:1] in "\"'" else value
+
+
 def typed(value: str) -> Any:
     """The value as the docs mean it: ``false`` / ``True`` as bools, numbers as numbers, lists as lists."""
+    value = unquoted(value)
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     try:
@@ -259,7 +270,7 @@ def cli_case(case_id: str, files: List[str], pairs: List[Tuple[str, str]], expre
     run = repr([f"$print('=RESULT=', repr({expression}))"])
     argv = ["run", "--config_file", config, "--run", run, "--initialize", "[]", "--finalize", "[]"]
     for key, value in pairs:
-        argv += [f"--{key}", value]
+        argv += [f"--{key}", unquoted(value)]
     return {"id": case_id, "argv": argv}
 
 
@@ -325,6 +336,9 @@ def build_cases() -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[str, Tuple[Path
                     if config[0] is None:
                         unknown.append(f"{where}: --{key} (no config of {bundle.name} defines it)")
                         continue
+                    if option.isdigit() and isinstance(typed(value), dict):  # a whole component replaced
+                        add(bundle, config, [(key, value)], "replaced", f"type(@{key}).__name__", where)
+                        continue
                     expression = f"getattr(@{parent}, {option!r}, None)"
                     add(bundle, config, [(key, value)], "component", expression, where)
                     continue
@@ -337,6 +351,8 @@ def build_cases() -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[str, Tuple[Path
                     add(bundle, files or [default_file], [(key, value)], "bool", expression, where)
                 elif doc == "README.md" and key not in defaults:
                     continue  # a top-level README override for other bundles only
+                elif key in defaults:  # another top-level option (a list, a name, a size): the value as documented
+                    add(bundle, files or [default_file], [(key, value)], "value", f"@{key}", where)
                 else:
                     unknown.append(f"{where}: --{key} {value}")
     build_cases.unknown = unknown  # type: ignore[attr-defined]
@@ -403,6 +419,14 @@ def test_documented_overrides_build_what_they_say_through_the_cli(cli_results):
                 (value,) = overrides.values()
                 if got is not value:
                     failures.append(f"{shown}: the CLI value means {got!r}, the docs mean {value!r}")
+            elif kind == "replaced":
+                (value,) = overrides.values()
+                if got != value["_target_"].rsplit(".", 1)[-1]:
+                    failures.append(f"{shown}: the CLI built a {got}, the docs mean a {value['_target_']}")
+            elif kind == "value":
+                (value,) = overrides.values()
+                if got != value or type(got) is not type(value):
+                    failures.append(f"{shown}: the CLI passes {got!r}, the docs mean {value!r}")
             else:  # component option
                 (value,) = overrides.values()
                 if got != value:

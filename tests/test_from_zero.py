@@ -23,6 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.independent_geometry import dicom_series_geometry, nifti_geometry
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {
     "synapse_ct_segmentation": "synapse",
@@ -80,10 +82,17 @@ def test_from_zero_section_runs_as_written(bundle, tmp_path):
         with Image.open(figure) as image:
             assert min(image.size) >= 512, (figure, image.size)
     if task == "synapse":
+        checked = 0
         for mask in masks.glob("*_seg.nii.gz"):
-            source = trained / "data" / "new_scans" / mask.name.replace("_seg.nii.gz", ".nii.gz")
-            a, b = nib.load(str(mask)), nib.load(str(source))
-            assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-4)
+            # each mask on its input's grid, read by pydicom (the DICOM series) or nibabel (the NIfTI phantom)
+            name = mask.name[: -len("_seg.nii.gz")]
+            folder = trained / "data" / "new_scans" / name
+            source = dicom_series_geometry(folder) if folder.is_dir() else nifti_geometry(f"{folder}.nii.gz")
+            written = nib.load(str(mask))
+            assert written.shape == tuple(source.shape), (mask, written.shape, source.shape)
+            np.testing.assert_allclose(written.affine, source.affine, atol=1e-4, err_msg=str(mask))
+            checked += 1
+        assert checked >= 2, sorted(masks.iterdir())  # the NIfTI phantom and its DICOM series
     else:
         sources = {p.stem: p for p in (trained / "data" / "new_images").iterdir()}
         written = sorted(masks.glob("*_mask.png"))

@@ -198,7 +198,11 @@ def test_inference_refuses_damaged_studies_and_segments_the_others(ct_series, tm
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     for culprit in ("IM0005.dcm", "IM0006.dcm and IM0008.dcm", "IM9999.dcm", "folder named like a NIfTI", "NaN"):
         assert any(culprit in line for line in errors), (culprit, errors)
-    assert sorted(p.name for p in out.iterdir()) == ["good_series_seg.nii.gz", "one_slice_seg.nii.gz"]
+    # the two good scans: mask and organ report each; the cohort table and records; nothing for the refused ones
+    outputs = [f"{s}{x}" for s in ("good_series", "one_slice") for x in ("_seg.nii.gz", "_organs.csv", "_organs.json")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(outputs + [".cohort", "cohort.csv"])
+    assert sorted(p.name for p in (out / ".cohort").iterdir()) == ["good_series_seg.json", "one_slice_seg.json",
+                                                                   "rank0-of-1.csv"]  # fmt: skip
     mask = nib.load(str(out / "good_series_seg.nii.gz"))
     geometry = dicom_series_geometry(studies / "good_series")
     assert mask.shape == tuple(geometry.shape)

@@ -20,6 +20,7 @@ import importlib.util
 import shutil
 import json
 import os
+import re
 import platform
 import signal
 import socket
@@ -125,17 +126,23 @@ def work(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("monai_label")
     write_phantoms(root / "raw", cases=4, size=(40, 40, 16), seed=0)
     prepare_synapse(root / "raw", root / "datalist.json", split="random", num_val=1)
+    # trained in a copy of the bundle: training writes its settings (roi_size 32) into the copy's configs, so the
+    # copy is what MONAI Label serves (the repository's configs say 224 and are refused for this model)
+    bundle = root / MODEL
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs"))
+    configs = bundle / "configs"
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root / "trained"),
+        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(bundle),
         datalist=str(root / "datalist.json"), max_epochs=1, val_interval=1, roi_size=[32, 32], num_workers=0,
         batch_size=4,
     )  # fmt: skip
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    weights = root / "trained" / "models" / "model.pt"
+    weights = bundle / "models" / "model.pt"
     assert weights.is_file()
+    assert json.loads((configs / "inference.json").read_text())["roi_size"] == [32, 32]
 
     studies, labels = root / "studies", root / "labels"
     studies.mkdir()
@@ -150,13 +157,14 @@ def work(tmp_path_factory) -> dict:
         shutil.copy(corpus.tptbox_ct(), studies / f"{REAL_STUDY}.nii.gz")
     except corpus.CorpusError:
         pass
-    return {"root": root, "weights": weights, "studies": studies, "labels": labels, "app": root / "app"}
+    return {"root": root, "bundle": bundle, "weights": weights, "studies": studies, "labels": labels,
+            "app": root / "app"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def server(label_python, work):
-    """The MONAI Label server with the Synapse bundle (see :func:`_serve`)."""
-    yield from _serve(label_python, BUNDLE, work)
+    """The MONAI Label server with the trained Synapse bundle (see :func:`_serve`)."""
+    yield from _serve(label_python, work["bundle"], work)
 
 
 def _serve(label_python: Path, bundle: Path, work: dict):
@@ -289,7 +297,9 @@ def test_label_environment_is_separate_and_consistent(label_python):
     # the only unmet requirements are the documented ones: sam2 (not used) and jsonschema<4 (pydicom-seg)
     pip_check = subprocess.run([str(label_python), "-m", "pip", "check"], capture_output=True, encoding="utf-8")
     problems = [line for line in pip_check.stdout.splitlines() if line.strip()]
-    allowed = ("monailabel 0.8.5 requires sam2", "xattnres-monai 0.1.0 has requirement jsonschema>=4")
+    # (and highdicom, which needs pydicom 3: DICOM-SEG is written by the bundles' inference, not by the server)
+    allowed = ("monailabel 0.8.5 requires sam2", "xattnres-monai 0.1.0 has requirement jsonschema>=4",
+               "xattnres-monai 0.1.0 requires highdicom")  # fmt: skip
     assert all(line.startswith(allowed) for line in problems), problems
 
 
@@ -370,7 +380,8 @@ def test_training_through_the_server_replaces_model_pt(server, work):
 
     network = strict_network("xattnres_monai.networks.nets.XAttnResUNet", spatial_dims=2, in_channels=1,
                              out_channels=9)  # fmt: skip
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint.get("model", checkpoint))  # {"model", "settings"} or MONAI Label's state dict
     # the server reloads the new weights for the next inference
     status_code, content = _request(f"{url}/infer/{MODEL}?image=study2&output=image", "POST")
     assert status_code == 200, content[-2000:]
@@ -402,7 +413,12 @@ def test_missing_or_wrong_weights_are_refused(label_python, work, tmp_path):
     assert wrong.returncode == 2 and "missing keys" in wrong.stderr, wrong.stdout + wrong.stderr
 
     # ... and refused by MONAI Label's own (non-strict) loading when the file is swapped on a running server
-    ok = _launcher(label_python, "prepare", "--bundle", str(BUNDLE), "--weights", str(work["weights"]),
+    # (the repository's configs: the trained settings, roi_size 32, disagree with its 224: refused in one line)
+    stale = _launcher(label_python, "prepare", "--bundle", str(BUNDLE), "--weights", str(work["weights"]),
+                      "--app", str(tmp_path / "app4"))  # fmt: skip
+    errors = [line for line in stale.stderr.splitlines() if line.startswith("error:")]
+    assert stale.returncode == 2 and len(errors) == 1 and "roi_size [32, 32]" in errors[0], stale.stdout + stale.stderr
+    ok = _launcher(label_python, "prepare", "--bundle", str(work["bundle"]), "--weights", str(work["weights"]),
                    "--app", str(tmp_path / "app3"))  # fmt: skip
     assert ok.returncode == 0, ok.stdout + ok.stderr
     deployed = tmp_path / "app3" / "model" / MODEL
@@ -464,10 +480,12 @@ def work_2d(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("monai_label_2d")
     write_image_release("colondb", root / "raw", n_cases=8, size=(64, 80), seed=1)
     prepare_images("colondb", root / "raw", root / "datalist.json")
-    configs = BUNDLE_2D / "configs"
+    bundle = root / MODEL_2D  # trained in a copy: its configs then state the trained settings (roi_size 64)
+    shutil.copytree(BUNDLE_2D, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs"))
+    configs = bundle / "configs"
     workflow = ConfigWorkflow(
         config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(root / "trained"),
+        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(bundle),
         datalist=str(root / "datalist.json"), max_epochs=1, roi_size=[64, 64], num_workers=0, batch_size=4,
     )  # fmt: skip
     workflow.initialize()
@@ -484,18 +502,18 @@ def work_2d(tmp_path_factory) -> dict:
         Image.fromarray(mask.astype(np.uint8)).save(labels / f"frame{number}.png")  # a label map: 0 / 1
     cli = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"),
-         "--bundle_root", str(root / "trained"), "--dataset_dir", str(studies), "--output_dir", str(root / "cli")],
+         "--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(root / "cli")],
         capture_output=True, encoding="utf-8", errors="replace",
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr[-3000:]
-    weights = root / "trained" / "models" / "model.pt"
-    return {"root": root, "weights": weights, "studies": studies, "labels": labels, "app": root / "app",
-            "cli": root / "cli"}  # fmt: skip
+    weights = bundle / "models" / "model.pt"
+    return {"root": root, "bundle": bundle, "weights": weights, "studies": studies, "labels": labels,
+            "app": root / "app", "cli": root / "cli"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def server_2d(label_python, work_2d):
-    yield from _serve(label_python, BUNDLE_2D, work_2d)
+    yield from _serve(label_python, work_2d["bundle"], work_2d)
 
 
 @pytest.mark.slow
@@ -531,5 +549,6 @@ def test_2d_bundle_trains_from_saved_label_maps(server_2d, work_2d):
     # the 0/1 label maps were read as polyp / background (threshold 0.5), not as empty masks: the training and
     # validation Dice of the epoch are above 0
     details = "\n".join(status.get("details", []))
-    dice = [float(line.rsplit(":", 1)[1]) for line in details.splitlines() if "Metrics -- val_mean_dice:" in line]
+    # (the one line per epoch of xattnres_monai.handlers.EpochSummary: "epoch 1/1: ..., val_mean_dice 0.21 ...")
+    dice = [float(m.group(1)) for m in re.finditer(r"epoch \d+/\d+: .*?val_mean_dice ([0-9.]+)", details)]
     assert dice and dice[-1] > 0, details[-3000:]

@@ -306,11 +306,27 @@ def test_evaluate_reports_name_the_users_classes(request, name, classes, cases):
 # ------------------------------------------------------------------------------------------------ 4. inference
 
 
+def _expected_outputs(stems) -> list:
+    """Per scan its mask and organ report (``organ_report`` is on by default); the cohort table; the records."""
+    names = [f"{stem}{suffix}" for stem in stems for suffix in ("_seg.nii.gz", "_organs.csv", "_organs.json")]
+    return sorted(names + ["cohort.csv", ".cohort"])
+
+
+def _check_records(out, stems) -> None:
+    """``.cohort/`` holds one completion record per finished scan and the rank table: no temporary file."""
+    records = sorted(p.name for p in (out / ".cohort").iterdir())
+    assert records == sorted([f"{stem}_seg.json" for stem in stems] + ["rank0-of-1.csv"]), records
+
+
 def test_inference_on_every_kind_of_real_scan(inference_clean, scans):
     result, out = inference_clean["result"], inference_clean["out"]
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{stem}_seg.nii.gz" for stem in scans["sources"]), written
+    assert written == _expected_outputs(scans["sources"]), written
+    _check_records(out, scans["sources"])
+    with open(out / "cohort.csv", newline="") as f:
+        rows = {row["scan"]: row["status"] for row in csv.DictReader(f)}
+    assert sorted(rows.values()) == ["done"] * len(scans["sources"]), rows
     assert f"inference: {len(scans['sources'])} mask(s) written" in result.stdout
     problems = []
     for stem, (shape, affine) in scans["geometry"].items():
@@ -325,9 +341,13 @@ def test_inference_refuses_a_truncated_slice_and_segments_the_rest(inference_dam
     assert any(slice_file.name in line and "truncated" in line for line in errors), errors
     assert errors[-1] == "error: 1 scan(s) failed; the others were processed", errors
     assert not (out / "pat_2_damaged_seg.nii.gz").exists()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{stem}_seg.nii.gz" for stem in scans["sources"]), written
+    assert written == _expected_outputs(scans["sources"]), f"temporary or partial files left: {written}"
+    _check_records(out, scans["sources"])
+    with open(out / "cohort.csv", newline="") as f:
+        rows = {Path(row["scan"]).name: row for row in csv.DictReader(f)}
+    failed = [row for row in rows.values() if row["status"] == "failed"]
+    assert len(failed) == 1 and slice_file.name in failed[0]["reason"], rows
     problems = []
     for stem, (shape, affine) in scans["geometry"].items():
         problems += _check_mask(out / f"{stem}_seg.nii.gz", shape, affine, 2, stem)

@@ -256,7 +256,7 @@ class CohortInputs(InferenceInputs):
         cohort_folder = os.path.isdir(records)
         super().__init__(output_dir, dataset_dir, datalist, True, postfix, max_voxels)  # existing outputs: see below
         self.overwrite = self._redo_all
-        os.makedirs(records, exist_ok=True)
+        self.records_dir = records  # made when the first scan starts (mark_started): a refused run leaves nothing
         todo = []
         for item in self.items:
             record = self._finished.get(item["image"])
@@ -275,6 +275,11 @@ class CohortInputs(InferenceInputs):
         if os.path.exists(stale):
             os.remove(stale)
         logger.info(f"cohort: rank {self.rank} of {self.world_size}: {len(self.items)} scan(s) to segment")
+
+    def mark_started(self) -> None:
+        """Make ``<output_dir>/.cohort/`` before the first output of this run is written: from then on the folder is
+        a cohort folder, where a mask without its record is an interrupted scan (redone on the next run)."""
+        os.makedirs(self.records_dir, exist_ok=True)
 
     def outputs_for(self, scan: str) -> Dict[str, str]:
         """The mask and the completion record of ``scan``."""
@@ -440,6 +445,7 @@ class CohortRecorder:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.record)
 
     def _start(self, engine: Any = None) -> None:
+        self.inputs.mark_started()
         self._started = time.perf_counter()
         self._failures_before = len(self.inputs.failures)
 
