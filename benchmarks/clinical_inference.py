@@ -25,7 +25,7 @@ The post-processing target is checked on what the option adds after the network 
 inference's, over plain inference's wall time): the network's own time varies from run to run on a shared machine by
 more than 10 %, the end-to-end ratio is printed too.
 
-Part 2, cohort throughput over N small scans (default 12 phantoms of 256 x 256 x 6), each configuration a real
+Part 2, cohort throughput over N small scans (default 12 phantoms of 256 x 256 x 24), each configuration a real
 ``python -m monai.bundle run`` command in a fresh process:
 
     serial                   ``--dataloader#num_workers 0``, one process (torch threads: all cores)
@@ -44,7 +44,7 @@ Usage::
     python benchmarks/clinical_inference.py --size 512 512 40 --cohort 8 --cohort-size 256 256 8 --workdir /tmp/b
 
 Cost: the network dominates (XAttnResUNet at 224 x 224 on CPU: about 0.2-0.6 s per slice on 2 cores, depending on
-their load), and part 1 runs 11 network passes over the 100 slices (TTA: 2 and 4 passes), part 2 4 x 72 slices:
+their load), and part 1 runs 11 network passes over the 100 slices (TTA: 2 and 4 passes), part 2 4 x 288 slices:
 about 10 min on 2 idle cores, 20 min on 2 loaded ones; ``--size`` with fewer slices shortens part 1 proportionally.
 
 (with the package installed, e.g. ``pip install -e .``; nothing is imported from ``tests/``)
@@ -289,14 +289,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="smoke run: 128 x 128 x 8 CT, 4 cohort scans of 96 x 96 x 4")  # fmt: skip
     parser.add_argument("--size", type=int, nargs=3, default=None, help="part 1 CT size (default 512 512 100)")
     parser.add_argument("--cohort", type=int, default=None, help="part 2 number of scans (default 12)")
-    parser.add_argument("--cohort-size", type=int, nargs=3, default=None, help="part 2 scan size (default 256 256 6)")
+    parser.add_argument("--cohort-size", type=int, nargs=3, default=None, help="part 2 scan size (default 256 256 24)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the inputs and outputs here")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of part 1 (default: torch's, all cores)")  # fmt: skip
     args = parser.parse_args(argv)
     size = args.size or ([128, 128, 8] if args.quick else [512, 512, 100])
     count = args.cohort or (4 if args.quick else 12)
-    cohort_size = args.cohort_size or ([96, 96, 4] if args.quick else [256, 256, 6])
+    cohort_size = args.cohort_size or ([96, 96, 4] if args.quick else [256, 256, 24])
 
     logging.disable(logging.INFO)  # part 1 runs in this process: the bundle's per-scan lines would bury the table
     import torch

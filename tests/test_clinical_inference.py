@@ -164,6 +164,39 @@ def test_postprocessd_runs_both_steps_in_order_and_records_them():
     assert PostProcessd("pred")({"pred": mt})["pred"] is mt  # nothing asked, nothing done
 
 
+@pytest.mark.parametrize("shape, connectivity", [((40, 36, 12), None), ((40, 36, 12), 1), ((64, 48), None),
+                                                 ((64, 48), 1)])  # fmt: skip
+def test_postprocessing_equals_monais_transforms_voxel_for_voxel(shape, connectivity):
+    """The bounding-box labelling gives what MONAI's KeepLargestConnectedComponent / RemoveSmallObjects give."""
+    import warnings
+
+    from monai.transforms import KeepLargestConnectedComponent, RemoveSmallObjects
+
+    rng = np.random.default_rng(len(shape) * 10 + (connectivity or 0))
+    coarse = rng.integers(0, 5, size=[s // 2 for s in shape])  # 4 classes in 2-voxel patches: many components
+    for axis in range(len(shape)):
+        coarse = coarse.repeat(2, axis)
+    for cls in range(1, 5):  # one component per class clearly the largest (MONAI leaves ties unspecified)
+        coarse[tuple(slice(9 * cls - 9, 9 * cls - 1 + cls) for _ in shape)] = cls
+    label = torch.as_tensor(coarse[None].astype(np.float32))
+    full = connectivity or len(shape)
+    classes = [1, 2, 3, 4]
+    reference = KeepLargestConnectedComponent(applied_labels=classes, independent=True, connectivity=full)(
+        label.clone())  # fmt: skip
+    assert torch.equal(LargestComponentd("pred", "all", connectivity)({"pred": label.clone()})["pred"], reference)
+
+    small = label.clone()
+    for cls in classes:
+        mask = label == cls
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kept = torch.as_tensor(np.asarray(RemoveSmallObjects(min_size=9, connectivity=full)(mask.numpy()))).bool()
+        small[mask & ~kept] = 0
+    ours = RemoveSmallComponentsd("pred", min_size=9, unit="voxels", connectivity=connectivity)({"pred": label})
+    assert torch.equal(ours["pred"], small)
+    assert sum(ours["postprocessing"][0]["removed_voxels"].values()) == int((label != small).sum()) > 0
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 
 

@@ -81,6 +81,11 @@ def test_train_writes_best_and_epoch_checkpoints(trained):
     assert any(k.endswith("xattnres.query") or "query" in k for k in best), sorted(best)[:5]
     assert set(last) >= {"model", "optimizer"}
     assert (bundle_root / "eval").is_dir()  # TensorBoard events
+    # the training curves with the routing entropy of the XAttnRes blocks (1 = the uniform start)
+    with open(bundle_root / "eval" / "training_curves.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    entropy = [float(v) for k, v in row.items() if k.startswith("routing_entropy/")]
+    assert entropy and all(0.5 < v <= 1.0 + 1e-6 for v in entropy), row
 
 
 @pytest.mark.slow

@@ -435,3 +435,60 @@ def test_routing_report_of_a_trained_bundle_and_its_command(tmp_path):
     written = json.loads((tmp_path / "cli" / "routing_report.json").read_text())
     assert written["images"] == 4 and written["sources"] == ["prediction", "label"]
     assert len(list((tmp_path / "cli" / "maps").glob("*_d4.png"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------------- pruning
+
+
+def test_a_pruned_block_equals_a_block_that_never_had_the_entry():
+    """Dropping entry 0 of a block = the same block built over the other entries only (same weights)."""
+    from xattnres_monai.networks.blocks.xattnres import XAttnRes
+
+    torch.manual_seed(0)
+    pruned = XAttnRes(2, 8, [4, 6, 8], query_init="normal", dropped=[0])
+    plain = XAttnRes(2, 8, [6, 8], query_init="normal")
+    plain.load_state_dict(pruned.state_dict())  # the same parameter names: projections of the entries read
+    history = [torch.randn(2, 4, 32, 32), torch.randn(2, 6, 16, 16), torch.randn(2, 8, 8, 8)]
+    x = torch.randn(2, 8, 8, 8)
+    torch.testing.assert_close(pruned(x, history), plain(x, history[1:]))
+    assert pruned.attention_weights(x, history).shape == (2, 3, 8, 8)
+    assert len(pruned.projections) == 2 and "dropped=[0]" in repr(pruned)
+    with pytest.raises(ValueError, match="dropped entries must index"):
+        XAttnRes(2, 8, [4, 8], dropped=[2])
+
+
+def test_pruned_connections_of_the_unet_are_named_by_stage_and_leave_the_report():
+    full = XAttnResUNet(2, 1, 3)
+    pruned = XAttnResUNet(2, 1, 3, pruned_connections=["d4:e5", "d4:d1", "e3:e1"])
+    # each pruned connection removes one 1x1 projection: e5 (128 channels) and d1 (64) into d4's 16, e1 (16) into e3's 32
+    removed = 128 * 16 + 64 * 16 + 16 * 32
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in pruned.parameters()) == removed
+    entries = {b.name: b.entries for b in routing_layout(pruned)}
+    assert entries["d4"] == ("e1", "e2", "e3", "e4", "d2", "d3", "input") and entries["e3"] == ("e2", "input")
+    pruned.eval()
+    with capture_routing(pruned) as weights:
+        out = pruned(torch.randn(1, 1, 64, 64))
+    assert out.shape == (1, 3, 64, 64) and weights["d4"].shape[1] == 7
+    # zero queries: uniform over what is read
+    torch.testing.assert_close(weights["d4"], torch.full_like(weights["d4"], 1 / 7))
+    from xattnres_monai.networks.definition import network_definition
+
+    assert network_definition(pruned)["pruned_connections"] == ["d4:d1", "d4:e5", "e3:e1"]
+    assert "pruned_connections" not in network_definition(full)  # unpruned models keep their recorded settings
+    with pytest.raises(ValueError, match="not connections of this network"):
+        XAttnResUNet(2, 1, 3, pruned_connections=["d1:d2"])  # d1 is produced before d2
+    with pytest.raises(ValueError, match="'block:entry' stage names"):
+        XAttnResUNet(2, 1, 3, pruned_connections=["d9:e1"])
+
+
+def test_weak_connections_of_a_report_prune_the_network(tmp_path):
+    """The report's weak connections are accepted as they are by the network option."""
+    net = XAttnResUNet(2, 1, 3, query_init="normal")
+    report = RoutingReport(net)
+    net.eval()
+    with torch.no_grad():
+        report.run(torch.randn(2, 1, 64, 64))
+    weak = weak_connections(report, threshold=2.0)  # every connection (weights < 1)
+    names = [f"{b}:{e}" for b, e in weak]
+    pruned = XAttnResUNet(2, 1, 3, pruned_connections=names)
+    assert all(len(b.entries) == 1 for b in routing_layout(pruned))  # only "input" left anywhere

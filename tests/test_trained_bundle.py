@@ -10,6 +10,7 @@ DICOM series (pyCERR) and NIfTI (tptbox) writes masks on each input's grid (chec
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -128,6 +129,14 @@ def test_training_records_settings_in_checkpoint_and_configs(trained):
     # one console line per epoch, no per-iteration loss lines
     log = trained["train"].stdout + trained["train"].stderr
     assert log.count("epoch 1/1:") == 1 and "Iter:" not in log, log[-2000:]
+    # the training curves: a picture and its table, with the routing entropy of every XAttnRes block (uniform
+    # routing at the zero-initialised start is 1; after one epoch it has moved, but only a little)
+    with open(bundle / "eval" / "training_curves.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    entropy = {k.split("/", 1)[1]: float(v) for k, v in row.items() if k.startswith("routing_entropy/")}
+    assert sorted(entropy) == sorted(["e2", "e3", "e4", "e5", "d1", "d2", "d3", "d4"]), sorted(row)
+    assert all(0.5 < v <= 1.0 + 1e-6 for v in entropy.values()), entropy
+    assert (bundle / "eval" / "training_curves.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -153,6 +153,7 @@ def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
         f"bundle infer: python -m monai.bundle run --config_file {b}/configs/inference.json --bundle_root {b}",
         f"export:       {export}",
         f"tensorboard:  tensorboard --logdir {b}/eval",
+        f"routing:      python -m xattnres_monai routing --bundle {b} -i {new} -o {b}/eval/routing_new --maps 2",
     ]
     steps.append(f"MONAI Label:  make label-server LABEL_STUDIES={new} LABEL_ARGS=\"--bundle {b}\"")
     return steps
@@ -196,6 +197,10 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     new = bundle_root / "data" / ("new_scans" if task == "synapse" else "new_images")
     _run([py, "-m", "xattnres_monai", "predict", "-i", str(new), "-o", str(masks), "--bundle", str(bundle_root),
           "--overwrite", *PREDICT_OPTIONS[task == "synapse"]])  # fmt: skip
+    # the learned routing (configs/routing.json): which earlier stage each block reads, on two labelled cases
+    _run(bundle + ["--config_file", _config_list(bundle_root, "inference.json", "routing.json"), "--routing_labels",
+                   str(bundle_root / "data" / "datalist.json"), "--routing_max_scans", "2", "--routing_maps", "1",
+                   "--routing_overwrite", "true"])  # fmt: skip
 
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min")
     result = _report(task, bundle_root, masks)
@@ -227,6 +232,12 @@ def _report(task: str, bundle_root: Path, masks: Path) -> float:
             print(f"  {what + ':':<19} {', '.join(found)}")
     if curves.is_file():
         print(f"  training curves:    {curves}")
+    routing = bundle_root / "eval" / "routing"
+    for what, pattern in (("routing heatmap:", "routing_heatmap.png"), ("routing entropy:", "routing_entropy.png"),
+                          ("attention map:", "maps/*.png"), ("routing report:", "routing_report.csv")):  # fmt: skip
+        found = sorted(str(p) for p in routing.glob(pattern))
+        if found:
+            print(f"  {what:<19} {found[0]}")
     return result
 
 

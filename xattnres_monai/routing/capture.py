@@ -132,10 +132,10 @@ def routing_weights(
     cache: Optional[PoolCache] = None,
     network_cache: Optional[Dict[str, torch.Tensor]] = None,
 ) -> torch.Tensor:
-    """The softmax weights ``(B, K+1, *S)`` of ``block`` for input ``x`` and pool ``history`` (Eq. 4-7), float32.
+    """The softmax weights ``(B, R+1, *S)`` of ``block`` for input ``x`` and pool ``history`` (Eq. 4-7), float32.
 
-    The weights of :meth:`XAttnRes.attention_weights`, computed entry by entry (module docstring). Entry ``n < K`` is
-    history entry ``n``, the last one ``x``.
+    The weights of :meth:`XAttnRes.attention_weights`, computed entry by entry (module docstring). Entry ``n < R`` is
+    history entry ``block.read[n]`` (every entry unless the block is pruned), the last one ``x``.
 
     Args:
         block: the XAttnRes block.
@@ -156,7 +156,7 @@ def routing_weights(
     size = list(x.shape[2:])
     query = (block.query * block.gain).detach().float()
     logits = []
-    for i, projection in enumerate(block.projections):
+    for i, projection in zip(block.read, block.projections):  # the entries it reads (all unless pruned)
         h = history[i]
         source = list(h.shape[2:])
         smaller = [min(s, t) for s, t in zip(source, size)]

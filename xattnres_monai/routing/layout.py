@@ -117,6 +117,11 @@ def _blocks(network: nn.Module) -> Dict[str, XAttnRes]:
     return {name: m for name, m in network.named_modules() if isinstance(m, XAttnRes)}
 
 
+def _read(block: XAttnRes, pool: Sequence[str]) -> Tuple[str, ...]:
+    """The names of the pool entries ``block`` reads (all of them unless it was pruned)."""
+    return tuple(pool[i] for i in block.read if i < len(pool))
+
+
 def _unet_layout(network: nn.Module, blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
     num_encoder = len(network.encoder)
     encoder = [f"e{i + 1}" for i in range(num_encoder)]
@@ -125,11 +130,12 @@ def _unet_layout(network: nn.Module, blocks: Dict[str, XAttnRes]) -> List[BlockL
     for i in range(1, num_encoder):
         module = f"encoder.{i}.routing"
         if module in blocks:
-            layouts.append(BlockLayout(module, encoder[i], tuple(encoder[:i]) + (INPUT,), encoder[i - 1], None, "unet"))
+            pool = _read(blocks[module], encoder[:i])
+            layouts.append(BlockLayout(module, encoder[i], pool + (INPUT,), encoder[i - 1], None, "unet"))
     for j in range(len(decoder)):
         module = f"decoder.{j}.routing"
         if module in blocks:
-            pool = tuple(encoder + decoder[:j])
+            pool = _read(blocks[module], encoder + decoder[:j])
             previous = encoder[-1] if j == 0 else decoder[j - 1]
             skip = encoder[num_encoder - 2 - j]
             layouts.append(BlockLayout(module, decoder[j], pool + (INPUT,), previous, skip, "unet"))
@@ -143,7 +149,7 @@ def _emcad_layout(blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
     for i in range(4):
         module = f"decoder.stages.{i}.routing"
         if module in blocks:
-            pool = tuple(encoder + decoder[:i])
+            pool = _read(blocks[module], encoder + decoder[:i])
             previous = "e4" if i == 0 else decoder[i - 1]
             skip = None if i == 0 else encoder[3 - i]
             layouts.append(BlockLayout(module, decoder[i], pool + (INPUT,), previous, skip, "emcad"))
@@ -183,9 +189,9 @@ def routing_layout(network: nn.Module) -> List[BlockLayout]:
         layouts = _emcad_layout(blocks)
     else:
         layouts = []
-    if len(layouts) != len(blocks) or any(len(l.entries) != blocks[l.module].num_history + 1 for l in layouts):
+    if len(layouts) != len(blocks) or any(len(l.entries) != len(blocks[l.module].read) + 1 for l in layouts):
         layouts = [
-            BlockLayout(name, name, tuple(f"h{k + 1}" for k in range(block.num_history)) + (INPUT,))
+            BlockLayout(name, name, tuple(f"h{k + 1}" for k in block.read) + (INPUT,))
             for name, block in blocks.items()
         ]
     return layouts

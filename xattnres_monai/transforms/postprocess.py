@@ -1,11 +1,18 @@
 """Post-processing of label maps, per class, with every step recorded for the reports.
 
-- :class:`LargestComponentd`: keep the largest connected component of each chosen class (MONAI's
-  ``KeepLargestConnectedComponent``, per label); the other components become background.
+- :class:`LargestComponentd`: keep the largest connected component of each chosen class (as MONAI's
+  ``KeepLargestConnectedComponent(independent=True)``); the other components become background.
 - :class:`RemoveSmallComponentsd`: remove the connected components of each chosen class below a size, in mL
-  (3D, from the label map's affine: the grid of the scan after ``Invertd``), mm^3 or voxels / pixels (MONAI's
+  (3D, from the label map's affine: the grid of the scan after ``Invertd``), mm^3 or voxels / pixels (as MONAI's
   ``RemoveSmallObjects`` with ``by_measure``, on the class's mask); they become background.
 - :class:`PostProcessd`: both, in that order, from one config entry.
+
+Each class is labelled once, inside its bounding box (``scipy.ndimage``), and both steps of :class:`PostProcessd`
+decide on that one labelling (:func:`run_component_steps`). MONAI's transforms label each class separately over
+the whole volume, per step, and count the removed voxels in further passes: on a 512 x 512 x 100 CT label map this
+is several times faster (``python benchmarks/postprocessing.py`` prints both side by side and checks that the
+results are equal voxel for voxel), which keeps post-processing within its budget of 10 % of inference time.
+Connectivity as in MONAI / scikit-image (1 .. number of spatial dims; ``None``: the full neighbourhood).
 
 Each transform appends what it did to ``data["postprocessing"]`` (a list of JSON-ready dicts: the step, its
 parameters and the voxels removed per class), which :class:`~xattnres_monai.metrics.organ_report.OrganReportd`
@@ -22,17 +29,25 @@ Example::
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.transforms import KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
+from monai.transforms import MapTransform
+from scipy import ndimage
 
-__all__ = ["UNITS", "LargestComponentd", "PostProcessd", "RemoveSmallComponentsd", "describe_steps"]
+__all__ = [
+    "UNITS",
+    "ComponentTable",
+    "LargestComponentd",
+    "PostProcessd",
+    "RemoveSmallComponentsd",
+    "describe_steps",
+    "run_component_steps",
+]
 
 #: units of ``min_size``: mL and mm^3 use the label map's spacing, voxels (= pixels in 2D) do not.
 UNITS = {"ml": 1000.0, "mm3": 1.0, "voxels": None, "pixels": None}
@@ -52,6 +67,10 @@ def _present(label: torch.Tensor) -> List[int]:
     return [int(v) for v in torch.unique(label).tolist() if int(v) != 0]
 
 
+def _is_all(classes: Classes) -> bool:
+    return classes is True or (isinstance(classes, str) and classes.lower() == "all")
+
+
 def _classes(classes: Classes, label: torch.Tensor) -> List[int]:
     """``"all"`` (or ``True``): the foreground classes present; else the given class id(s)."""
     if classes is None or classes is False:
@@ -67,8 +86,72 @@ def _record(data: Dict[Hashable, Any], key: str, step: Dict[str, Any]) -> None:
     data[key] = [*data.get(key, []), step]
 
 
-def _removed(before: torch.Tensor, after: torch.Tensor, classes: Sequence[int]) -> Dict[str, int]:
-    return {str(c): int(((before == c) & (after != c)).sum()) for c in classes}
+class ComponentTable:
+    """The connected components of a label map, class by class, and the voxels to drop.
+
+    Each class is labelled inside its own bounding box (one ``scipy.ndimage.find_objects`` pass gives every box),
+    once, with ``scipy.ndimage.label``; the sizes come from one ``bincount``. :func:`run_component_steps` lets every
+    step of a class decide on that one labelling, then releases it (memory: one class's box at a time).
+
+    Args:
+        label: ``(1, *spatial)`` class ids.
+        connectivity: neighbourhood of a component, 1 .. number of spatial dims.
+    """
+
+    def __init__(self, label: torch.Tensor, connectivity: int) -> None:
+        ids = label[0].detach().cpu().numpy()
+        if not np.issubdtype(ids.dtype, np.integer):
+            ids = ids.astype(np.int32)
+        # C order (scipy's labelling is ~3x slower on the Fortran-ordered arrays of NIfTI readers); negative ids:
+        # no class
+        self.ids = np.ascontiguousarray(np.where(ids < 0, 0, ids))
+        self.connectivity = int(connectivity)
+        self.structure = ndimage.generate_binary_structure(self.ids.ndim, self.connectivity)
+        self.boxes = {c + 1: box for c, box in enumerate(ndimage.find_objects(self.ids)) if box is not None}
+        self.drop = np.zeros(self.ids.shape, bool)
+
+    def present(self) -> List[int]:
+        """The foreground classes of the map."""
+        return sorted(self.boxes)
+
+    def label_class(self, cls: int) -> Tuple[Tuple[slice, ...], np.ndarray, np.ndarray]:
+        """``(box, components, sizes)`` of class ``cls``: component ids 1..n inside its box (0 elsewhere) and their
+        voxel counts (index 0: not the class)."""
+        box = self.boxes[cls]
+        components, _ = ndimage.label(self.ids[box] == cls, structure=self.structure, output=np.int32)
+        return box, components, np.bincount(components.ravel())
+
+    def apply(self, label: torch.Tensor) -> torch.Tensor:
+        """A copy of ``label`` (MetaTensor metadata kept) with the dropped voxels set to background."""
+        result = label.clone()
+        if self.drop.any():
+            result[torch.as_tensor(self.drop[None], device=label.device)] = 0
+        return result
+
+
+def run_component_steps(steps: Sequence[Any], label: torch.Tensor, d: Dict[Hashable, Any], key: Hashable,
+                        connectivity: int) -> torch.Tensor:  # fmt: skip
+    """Run component steps (:class:`LargestComponentd`, :class:`RemoveSmallComponentsd`) on one label map, in order,
+    class by class on one labelling of each class; record each step in ``d``; return the new label map."""
+    table = ComponentTable(label, connectivity)
+    plans = [step.plan(table, label, d, key) for step in steps]  # {class: the step's parameter}
+    removed = [{str(c): 0 for c in sorted(plan)} for plan in plans]
+    for cls in sorted(set().union(*plans) & set(table.boxes)):
+        box, components, sizes = table.label_class(cls)
+        alive = sizes > 0
+        alive[0] = False
+        for step, plan, counts in zip(steps, plans, removed):
+            if cls in plan:
+                gone = step.decide(sizes, alive, plan[cls])
+                counts[str(cls)] = int(sizes[gone].sum())
+                alive &= ~gone
+        dropped = ~alive & (sizes > 0)
+        dropped[0] = False
+        if dropped.any():
+            table.drop[box] |= dropped[components]
+    for step, plan, counts in zip(steps, plans, removed):
+        step.record(d, key, plan, counts, table.connectivity)
+    return table.apply(label)
 
 
 class LargestComponentd(MapTransform):
@@ -102,22 +185,30 @@ class LargestComponentd(MapTransform):
         self.connectivity = connectivity
         self.record_key = record_key
 
+    def plan(self, table: ComponentTable, label: torch.Tensor, d: Mapping[Hashable, Any], key: Hashable) -> Dict[int, Any]:
+        """The classes this step treats (the map's, for ``"all"``)."""
+        classes = table.present() if _is_all(self.classes) else _classes(self.classes, label)
+        return {c: None for c in classes}
+
+    @staticmethod
+    def decide(sizes: np.ndarray, alive: np.ndarray, _: Any) -> np.ndarray:
+        """Every live component but the largest (of equally large ones the first in raster order)."""
+        gone = alive.copy()
+        members = np.flatnonzero(alive)
+        if len(members):
+            gone[members[int(np.argmax(sizes[members]))]] = False
+        return gone
+
+    def record(self, d: Dict[Hashable, Any], key: Hashable, plan: Mapping[int, Any], removed: Dict[str, int],
+               connectivity: int) -> None:  # fmt: skip
+        _record(d, self.record_key, {"step": "largest_component", "key": str(key), "classes": sorted(plan),
+                                     "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             label = _label_tensor(d[key])
-            classes = _classes(self.classes, label)
-            connectivity = self.connectivity or label.ndim - 1
-            if classes:
-                keep = KeepLargestConnectedComponent(applied_labels=classes, is_onehot=False, independent=True,
-                                                     connectivity=connectivity)  # fmt: skip
-                before = {c: int((label == c).sum()) for c in classes}
-                d[key] = result = keep(label)  # (MONAI changes the label map in place)
-                removed = {str(c): before[c] - int((result == c).sum()) for c in classes}
-            else:
-                removed = {}
-            _record(d, self.record_key, {"step": "largest_component", "key": str(key), "classes": classes,
-                                         "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+            d[key] = run_component_steps([self], label, d, key, self.connectivity or label.ndim - 1)
         return d
 
 
@@ -126,8 +217,8 @@ class RemoveSmallComponentsd(MapTransform):
 
     The size is per class (``{class id: size}``) or one number for every foreground class, in mL or mm^3 (the
     voxel volume from the label map's affine, i.e. the scan's own spacing once the map is back on the scan's grid)
-    or in voxels (pixels for 2D images). A component is kept when its size is at least the threshold. Runs MONAI's
-    ``RemoveSmallObjects(by_measure=True)`` on each class's mask.
+    or in voxels (pixels for 2D images). A component is kept when its size is at least the threshold (as MONAI's
+    ``RemoveSmallObjects(by_measure=True)`` on each class's mask).
 
     Args:
         keys: label map key(s), ``(1, *spatial)`` class ids.
@@ -167,12 +258,12 @@ class RemoveSmallComponentsd(MapTransform):
         self.spacing = spacing
         self.record_key = record_key
 
-    def _per_class(self, label: torch.Tensor) -> Dict[int, float]:
+    def _per_class(self, present: Sequence[int]) -> Dict[int, float]:
         if self.min_size is None:
             return {}
         if self._sizes is not None:
             return dict(self._sizes)
-        return {c: float(self.min_size) for c in _present(label)}
+        return {c: float(self.min_size) for c in present}
 
     def _pixdim(self, label: Any, spatial_dims: int) -> List[float]:
         if UNITS[self.unit.lower()] is None:
@@ -183,35 +274,31 @@ class RemoveSmallComponentsd(MapTransform):
             return [float(s) for s in self.spacing]
         raise ValueError(f"min_size in {self.unit} needs the voxel spacing: a MetaTensor label map or `spacing`.")
 
+    def plan(self, table: ComponentTable, label: torch.Tensor, d: Mapping[Hashable, Any], key: Hashable) -> Dict[int, Any]:
+        """``{class: (size in the unit, the minimum in voxels)}``; the voxel volume from ``d[key]``'s affine."""
+        sizes = {c: s for c, s in self._per_class(table.present()).items() if s > 0}
+        scale = UNITS[self.unit.lower()] or 1.0
+        voxel = math.prod(self._pixdim(d[key], label.ndim - 1))
+        # as MONAI's RemoveSmallObjects(by_measure=True): a component smaller than size / voxel volume goes
+        return {c: (s, s * scale / voxel) for c, s in sizes.items()}
+
+    @staticmethod
+    def decide(sizes: np.ndarray, alive: np.ndarray, parameter: Tuple[float, float]) -> np.ndarray:
+        """The live components with fewer voxels than the minimum."""
+        return alive & (sizes < parameter[1])
+
+    def record(self, d: Dict[Hashable, Any], key: Hashable, plan: Mapping[int, Tuple[float, float]],
+               removed: Dict[str, int], connectivity: int) -> None:  # fmt: skip
+        _record(d, self.record_key, {"step": "min_size", "key": str(key), "unit": self.unit,
+                                     "min_size": {str(c): plan[c][0] for c in sorted(plan)},
+                                     "min_voxels": {str(c): int(math.ceil(plan[c][1])) for c in sorted(plan)},
+                                     "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             label = _label_tensor(d[key])
-            spatial_dims = label.ndim - 1
-            sizes = {c: s for c, s in self._per_class(label).items() if s > 0}
-            pixdim = self._pixdim(d[key], spatial_dims)
-            scale = UNITS[self.unit.lower()] or 1.0
-            connectivity = self.connectivity or spatial_dims
-            result = label.clone()
-            plain = label.as_tensor() if isinstance(label, MetaTensor) else label
-            for cls, size in sorted(sizes.items()):
-                mask = plain == cls
-                if not bool(mask.any()):
-                    continue
-                remove = RemoveSmallObjects(min_size=size * scale, connectivity=connectivity, by_measure=True,
-                                            pixdim=pixdim)  # fmt: skip
-                with warnings.catch_warnings():  # MONAI still passes scikit-image's deprecated ``min_size``
-                    warnings.filterwarnings("ignore", message=".*min_size.*", category=FutureWarning)
-                    kept = torch.as_tensor(np.asarray(remove(mask.cpu().numpy())), device=mask.device).bool()
-                result[mask & ~kept] = 0
-            removed = _removed(plain, result.as_tensor() if isinstance(result, MetaTensor) else result, sorted(sizes))
-            d[key] = result
-            voxel = math.prod(pixdim)
-            _record(d, self.record_key, {"step": "min_size", "key": str(key), "unit": self.unit,
-                                         "min_size": {str(c): s for c, s in sorted(sizes.items())},
-                                         "min_voxels": {str(c): int(math.ceil(s * scale / voxel))
-                                                        for c, s in sorted(sizes.items())},
-                                         "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
+            d[key] = run_component_steps([self], label, d, key, self.connectivity or label.ndim - 1)
         return d
 
 
@@ -246,7 +333,8 @@ class PostProcessd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.steps: List[MapTransform] = []
+        self.connectivity = connectivity
+        self.steps: List[Union[LargestComponentd, RemoveSmallComponentsd]] = []
         if largest_component is not None and largest_component is not False:
             self.steps.append(LargestComponentd(keys, largest_component, connectivity, record_key, allow_missing_keys))
         if min_size is not None and (isinstance(min_size, Mapping) or float(min_size) > 0):
@@ -255,8 +343,11 @@ class PostProcessd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
-        for step in self.steps:
-            d = step(d)
+        if not self.steps:
+            return d
+        for key in self.key_iterator(d):
+            label = _label_tensor(d[key])  # one labelling of each class for both steps
+            d[key] = run_component_steps(self.steps, label, d, key, self.connectivity or label.ndim - 1)
         return d
 
 

@@ -52,6 +52,9 @@ class XAttnRes(nn.Module):
             the block starts as the plain mean of its entries), ``"normal"`` (std 0.02),
             ``"kaiming_uniform"`` or ``"xavier_uniform"`` (``w`` viewed as a 1 x C matrix).
         eps: epsilon of the RMSNorm, ``rms(v) = sqrt(mean_c(v^2) + eps)``.
+        dropped: indices (into ``history_channels``) of history entries this block does not read: a pruned
+            routing (the connections a routing report finds unused, ``xattnres_monai.routing.weak_connections``).
+            They get no projection and no weight; the softmax is over the entries read and ``x``.
 
     Example::
 
@@ -68,6 +71,7 @@ class XAttnRes(nn.Module):
         history_channels: Sequence[int],
         query_init: str = "zero",
         eps: float = 1e-6,
+        dropped: Sequence[int] = (),
     ) -> None:
         super().__init__()
         dims = as_int(spatial_dims, "XAttnRes: spatial_dims")
@@ -87,12 +91,23 @@ class XAttnRes(nn.Module):
         self.channels = channels
         self.history_channels: List[int] = [int(c) for c in history_channels]
         self.num_history = len(self.history_channels)
+        dropped_set = set(as_int_sequence(list(dropped), "XAttnRes: dropped"))
+        if any(not 0 <= i < self.num_history for i in dropped_set):
+            raise ValueError(
+                f"XAttnRes: dropped entries must index the {self.num_history} history entries, got {sorted(dropped_set)}."
+            )
+        #: the history entries read (indices into the pool, in pool order)
+        self.read: List[int] = [i for i in range(self.num_history) if i not in dropped_set]
         self.eps = eps
         conv = Conv[Conv.CONV, spatial_dims]
-        # Eq. 4: one 1x1 projection per history entry, the identity when the channels already match
+        # Eq. 4: one 1x1 projection per history entry read, the identity when the channels already match
         self.projections = nn.ModuleList(
-            [nn.Identity() if c == channels else conv(c, channels, kernel_size=1, bias=False) for c in history_channels]
-        )
+            [
+                nn.Identity() if self.history_channels[i] == channels
+                else conv(self.history_channels[i], channels, kernel_size=1, bias=False)
+                for i in self.read
+            ]
+        )  # fmt: skip
         self.query = nn.Parameter(torch.zeros(channels))  # pseudo-query w
         self.gain = nn.Parameter(torch.ones(channels))  # RMSNorm gain g
         self.query_init = query_init
@@ -140,7 +155,7 @@ class XAttnRes(nn.Module):
             )
         target = list(x.shape[2:])
         values: List[torch.Tensor] = []
-        for i, projection in enumerate(self.projections):
+        for i, projection in zip(self.read, self.projections):
             h = history[i]
             if h.shape[1] != self.history_channels[i]:
                 raise ValueError(
@@ -159,7 +174,8 @@ class XAttnRes(nn.Module):
     def attention_weights(
         self, x: torch.Tensor, history: List[torch.Tensor], cache: Optional[Dict[str, torch.Tensor]] = None
     ) -> torch.Tensor:
-        """Softmax weights ``(B, K+1, *S)`` over the history entries and ``x`` (last), per position (Eq. 7).
+        """Softmax weights ``(B, R+1, *S)`` over the history entries read (``R``: all ``K`` unless some are
+        ``dropped``) and ``x`` (last), per position (Eq. 7).
 
         For inspection (:func:`xattnres_monai.networks.utils.capture_attention`), by the literal equations
         (:func:`xattnres_monai.networks.ops.reference.attention`); :meth:`forward` does not call it.
@@ -184,7 +200,9 @@ class XAttnRes(nn.Module):
         return aggregate(self.query * self.gain, values, self.eps)  # Eq. 5-8
 
     def extra_repr(self) -> str:
+        dropped = [i for i in range(self.num_history) if i not in self.read]
         return (
             f"spatial_dims={self.spatial_dims}, channels={self.channels}, "
             f"history_channels={self.history_channels}, query_init={self.query_init!r}"
+            + (f", dropped={dropped}" if dropped else "")
         )

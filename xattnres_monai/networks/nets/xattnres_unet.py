@@ -35,6 +35,26 @@ def _spatial_dims(value: object, owner: str) -> int:
 LayerOption = Optional[Union[str, Tuple[str, Dict[str, Any]]]]
 
 
+def _pruned_connections(value: Any, num_encoder: int) -> set:
+    """``["d4:e5", ...]`` (or one comma-separated string) as a set of ``(block, entry)`` stage-name pairs."""
+    if value is None:
+        return set()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {f"e{i + 1}" for i in range(num_encoder)} | {f"d{j + 1}" for j in range(num_encoder - 1)}
+    pairs = set()
+    for item in items:
+        parts = str(item).strip().split(":")
+        if not str(item).strip():
+            continue
+        if len(parts) != 2 or parts[0] not in names or parts[1] not in names:
+            raise ValueError(
+                f"XAttnResUNet: pruned_connections entries are 'block:entry' stage names ({', '.join(sorted(names))}),"
+                f" got {item!r}."
+            )
+        pairs.add((parts[0], parts[1]))
+    return pairs
+
+
 def _layer_option(value: Any, owner: str, option: str, factory: Any, spatial_dims: int) -> LayerOption:
     """``act`` / ``norm`` checked with MONAI's factory look-up (``Act`` / ``Norm``), as one line naming the option.
 
@@ -251,6 +271,11 @@ class XAttnResUNet(nn.Module):
             ``(name, {arguments})``, e.g. ``("leakyrelu", {"negative_slope": 0.1})``; default ReLU.
         norm: normalisation of every :class:`DoubleConv`, MONAI's way: e.g. ``("instance", {"affine": True})``;
             default batch norm.
+        pruned_connections: history connections not read, as ``"block:entry"`` stage names: encoder outputs
+            ``e1 .. eS`` (finest first), decoder outputs ``d1 .. d(S-1)`` (``d1`` next to the bottleneck); a block
+            is named by the stage it precedes (``e2 .. eS``, ``d1 .. d(S-1)``), e.g. ``["d4:e5", "d4:d1"]``: the
+            names of a routing report (:func:`xattnres_monai.routing.weak_connections`). Each pruned connection
+            removes that block's 1x1 projection of the entry and its attention weight.
 
     Example::
 
@@ -274,6 +299,7 @@ class XAttnResUNet(nn.Module):
         dca: bool = False,
         act: LayerOption = "RELU",
         norm: LayerOption = "BATCH",
+        pruned_connections: Sequence[str] = (),
     ) -> None:
         super().__init__()
         # every option is checked (and parsed from the strings a command line gives) first: one-line ValueError
@@ -286,6 +312,7 @@ class XAttnResUNet(nn.Module):
         xattnres = as_choice(xattnres, "XAttnResUNet: xattnres", XATTNRES_PLACEMENTS)
         query_init = as_choice(query_init, "XAttnResUNet: query_init", QUERY_INITS)
         dca = as_bool(dca, "XAttnResUNet: dca")
+        pruned = _pruned_connections(pruned_connections, len(encoder_channels))
         act = _layer_option(act, "XAttnResUNet", "act", Act, spatial_dims)
         norm = _layer_option(norm, "XAttnResUNet", "norm", Norm, spatial_dims)
         if len(encoder_channels) < 2:
@@ -312,18 +339,24 @@ class XAttnResUNet(nn.Module):
             self, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
             encoder_channels=encoder_channels, decoder_channels=decoder_channels, skip=skip, xattnres=xattnres,
             query_init=query_init, dca=dca, act=act, norm=norm,
+            **({"pruned_connections": sorted(f"{b}:{e}" for b, e in pruned)} if pruned else {}),
         )  # fmt: skip
+        num_encoder = len(encoder_channels)
+        pool_names = [f"e{i + 1}" for i in range(num_encoder)] + [f"d{j + 1}" for j in range(num_encoder - 1)]
+        unused = set(pruned)
 
-        def routing(channels: int, history: List[int], enabled: bool) -> Optional[XAttnRes]:
+        def routing(name: str, channels: int, history: List[int], enabled: bool) -> Optional[XAttnRes]:
             if not enabled or not history:
                 return None
-            return XAttnRes(spatial_dims, channels, history, query_init=query_init)
+            dropped = [k for k in range(len(history)) if (name, pool_names[k]) in pruned]
+            unused.difference_update((name, pool_names[k]) for k in dropped)
+            return XAttnRes(spatial_dims, channels, history, query_init=query_init, dropped=dropped)
 
         pool: List[int] = []  # channel layout of the history pool, in the order stages append to it
         self.encoder = nn.ModuleList()
         previous = in_channels
         for i, channels in enumerate(encoder_channels):
-            block = routing(previous, pool, enabled=xattnres in ("encoder", "full") and i > 0)
+            block = routing(f"e{i + 1}", previous, pool, enabled=xattnres in ("encoder", "full") and i > 0)
             self.encoder.append(
                 EncoderStage(spatial_dims, previous, channels, downsample=i > 0, routing=block, act=act, norm=norm)
             )
@@ -332,12 +365,17 @@ class XAttnResUNet(nn.Module):
         self.decoder = nn.ModuleList()
         for j, channels in enumerate(decoder_channels):
             skip_channels = encoder_channels[-2 - j] if skip else 0
-            block = routing(previous, pool, enabled=xattnres in ("decoder", "full"))
+            block = routing(f"d{j + 1}", previous, pool, enabled=xattnres in ("decoder", "full"))
             self.decoder.append(
                 DecoderStage(spatial_dims, previous, skip_channels, channels, routing=block, act=act, norm=norm)
             )
             pool.append(channels)
             previous = channels
+        if unused:
+            raise ValueError(
+                f"XAttnResUNet: pruned_connections {sorted(f'{b}:{e}' for b, e in unused)} are not connections of this "
+                f"network (xattnres={xattnres!r}; a block 'eI'/'dJ' reads the stage outputs produced before it)."
+            )
         self.head = Conv[Conv.CONV, spatial_dims](previous, out_channels, kernel_size=1)
         # Dual Cross-Attention over the skip maps e_1 .. e_{S-1}, finest first
         self.dca: Optional[DualCrossAttention] = (

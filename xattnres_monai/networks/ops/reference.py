@@ -53,6 +53,6 @@ def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float) -> to
 def stacked_xattnres(block, x: torch.Tensor, history: List[torch.Tensor], return_weights: bool = False):
     """The whole block of ``block`` (an :class:`XAttnRes`) read literally: resize *then* project (Eq. 4), Eq. 5-8."""
     size = list(x.shape[2:])
-    aligned = [proj(resize(h, size)) for proj, h in zip(block.projections, history)]  # Eq. 4
+    aligned = [proj(resize(history[i], size)) for i, proj in zip(block.read, block.projections)]  # Eq. 4
     out, weights = attention(block.query, aligned + [x], block.eps, gain=block.gain)
     return (out, weights) if return_weights else out
