@@ -14,7 +14,7 @@ written by the demo's routing step), this script
 Usage::
 
     make demo                                   # the trained bundle and its routing report
-    python benchmarks/routing_pruning.py [--bundle demo_output/synapse_bundle] [--fraction 0.5] [--epochs 30]
+    python benchmarks/routing_pruning.py [--bundle demo_output/synapse_bundle] [--fraction 0.5] [--epochs 12]
 
 Cost: one more demo training (about as long as ``make demo``'s) plus a minute of timing.
 """
@@ -98,10 +98,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", type=Path, default=REPO / "demo_output" / "synapse_bundle_pruned")
     parser.add_argument("--fraction", type=float, default=0.5,
                         help="weak: mean weight below this fraction of the block's uniform weight (default 0.5)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (the demo's 30)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per network")
     args = parser.parse_args(argv)
     from xattnres_monai.demo import TASKS
+
+    args.epochs = args.epochs or int(TASKS["synapse"]["epochs"])  # type: ignore[call-overload]
 
     report = args.bundle / "eval" / "routing" / "routing_report.json"
     if not report.is_file():

@@ -397,7 +397,7 @@ class EpochCheckpoint:
         path = os.path.join(self.save_dir, f"checkpoint_epoch={epoch}.pt")
         state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}  # type: ignore[attr-defined]
         save_checkpoint(state, path, overwrite=True)
-        self.logger.info(f"saved {path}")
+        self.logger.debug(f"saved {path}")  # every epoch: not a console line (EpochSummary's line is the epoch's)
         epochs = sorted((p for p in glob(os.path.join(self.save_dir, "checkpoint_epoch=*.pt")) if _epoch_of(p) >= 0),
                         key=_epoch_of)  # fmt: skip
         stale = set(epochs[: -self.n_saved])
