@@ -155,7 +155,8 @@ class XAttnRes(nn.Module):
             )
         target = list(x.shape[2:])
         values: List[torch.Tensor] = []
-        for i, projection in zip(self.read, self.projections):
+        for k, projection in enumerate(self.projections):  # (enumerate over a ModuleList: TorchScript-able)
+            i = self.read[k]
             h = history[i]
             if h.shape[1] != self.history_channels[i]:
                 raise ValueError(
