@@ -63,20 +63,16 @@ def _label_tensor(label: Any) -> torch.Tensor:
     return label
 
 
-def _present(label: torch.Tensor) -> List[int]:
-    return [int(v) for v in torch.unique(label).tolist() if int(v) != 0]
-
-
 def _is_all(classes: Classes) -> bool:
     return classes is True or (isinstance(classes, str) and classes.lower() == "all")
 
 
-def _classes(classes: Classes, label: torch.Tensor) -> List[int]:
-    """``"all"`` (or ``True``): the foreground classes present; else the given class id(s)."""
+def _classes(classes: Classes, present: Sequence[int]) -> List[int]:
+    """``"all"`` (or ``True``): the foreground classes ``present``; else the given class id(s)."""
     if classes is None or classes is False:
         return []
-    if classes is True or (isinstance(classes, str) and classes.lower() == "all"):
-        return _present(label)
+    if _is_all(classes):
+        return list(present)
     if isinstance(classes, (int, str)):
         return [int(classes)]
     return sorted({int(c) for c in classes})
@@ -187,7 +183,7 @@ class LargestComponentd(MapTransform):
 
     def plan(self, table: ComponentTable, label: torch.Tensor, d: Mapping[Hashable, Any], key: Hashable) -> Dict[int, Any]:
         """The classes this step treats (the map's, for ``"all"``)."""
-        classes = table.present() if _is_all(self.classes) else _classes(self.classes, label)
+        classes = _classes(self.classes, table.present())
         return {c: None for c in classes}
 
     @staticmethod
