@@ -150,6 +150,17 @@ def run_component_steps(steps: Sequence[Any], label: torch.Tensor, d: Dict[Hasha
     return table.apply(label)
 
 
+def _apply_steps(transform: MapTransform, steps: Sequence[Any], data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    """``steps`` on every key of ``transform`` (``data`` itself, unchanged, when there is no step)."""
+    d = dict(data)
+    if not steps:
+        return d
+    for key in transform.key_iterator(d):
+        label = _label_tensor(d[key])
+        d[key] = run_component_steps(steps, label, d, key, transform.connectivity or label.ndim - 1)
+    return d
+
+
 class LargestComponentd(MapTransform):
     """Keep only the largest connected component of each chosen class; the rest of the class becomes background.
 
@@ -201,11 +212,7 @@ class LargestComponentd(MapTransform):
                                      "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            label = _label_tensor(d[key])
-            d[key] = run_component_steps([self], label, d, key, self.connectivity or label.ndim - 1)
-        return d
+        return _apply_steps(self, [self], data)
 
 
 class RemoveSmallComponentsd(MapTransform):
@@ -291,11 +298,7 @@ class RemoveSmallComponentsd(MapTransform):
                                      "connectivity": connectivity, "removed_voxels": removed})  # fmt: skip
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            label = _label_tensor(d[key])
-            d[key] = run_component_steps([self], label, d, key, self.connectivity or label.ndim - 1)
-        return d
+        return _apply_steps(self, [self], data)
 
 
 class PostProcessd(MapTransform):
@@ -338,13 +341,7 @@ class PostProcessd(MapTransform):
                                                      allow_missing_keys))  # fmt: skip
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        d = dict(data)
-        if not self.steps:
-            return d
-        for key in self.key_iterator(d):
-            label = _label_tensor(d[key])  # one labelling of each class for both steps
-            d[key] = run_component_steps(self.steps, label, d, key, self.connectivity or label.ndim - 1)
-        return d
+        return _apply_steps(self, self.steps, data)  # one labelling of each class for both steps
 
 
 def describe_steps(steps: Sequence[Mapping[str, Any]], class_names: Optional[Mapping[int, str]] = None) -> List[str]:
