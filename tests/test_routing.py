@@ -310,6 +310,22 @@ def test_routing_entropy_series_gives_one_value_per_block_and_keeps_the_mode():
         routing_entropy_series(baseline, torch.zeros(1, 1, 32, 32))
 
 
+def test_fetching_the_entropy_batch_leaves_the_global_random_state_alone():
+    """A DataLoader iterator draws its base seed from torch's global generator; the series fetches its batch
+    mid-training, and a draw there made resumed training differ from an uninterrupted run (CI, stop 22)."""
+    from torch.utils.data import DataLoader
+
+    net = _small_unet()
+    loader = DataLoader([{"image": torch.randn(1, 32, 32)} for _ in range(2)], batch_size=2)
+    torch.manual_seed(0)
+    expected = torch.get_rng_state()
+    next(iter(loader))
+    assert not torch.equal(torch.get_rng_state(), expected)  # the draw this guards against is real
+    torch.manual_seed(0)
+    routing_entropy_series(net, loader)(None)
+    assert torch.equal(torch.get_rng_state(), expected)
+
+
 def test_routing_entropy_is_a_training_curve(tmp_path):
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import ValidationHandler

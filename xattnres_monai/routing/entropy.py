@@ -102,12 +102,16 @@ class _EntropySeries:
         if self._batch is None:
             source = self.batch_source
             source = getattr(source, "data_loader", source)  # an evaluator: its (first) validation batch
-            if isinstance(source, (torch.Tensor, Mapping)):
-                batch = source
-            elif callable(source):
-                batch = source()
-            else:
-                batch = next(iter(source))
+            # a DataLoader iterator draws its base seed from the global generator: drawn here, mid-training, it
+            # would shift every later random number and break bit-identical resumed training, so the global
+            # state is put back afterwards
+            with torch.random.fork_rng(devices=[]):
+                if isinstance(source, (torch.Tensor, Mapping)):
+                    batch = source
+                elif callable(source):
+                    batch = source()
+                else:
+                    batch = next(iter(source))
             dims = spatial_dims_of(self.network)
             self._batch = _network_input(_image(batch, self.key), dims, self.max_items).detach().clone()
         return self._batch
