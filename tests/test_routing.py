@@ -166,6 +166,33 @@ def test_zero_queries_give_uniform_weights_in_emcad():
     assert report.blocks == ["d4", "d3", "d2", "d1"] and report.columns[-1] == INPUT
 
 
+def test_plug_in_networks_are_named_by_stage_and_report_uniform_weights_at_zero_queries():
+    from xattnres_monai.networks.plugins import XAttnResBasicUNet, XAttnResDynUNet
+
+    torch.manual_seed(0)
+    dynunet = XAttnResDynUNet(3, 1, 3, [3, 3, 3, 3], [1, 2, 2, [2, 2, 1]], [2, 2, [2, 2, 1]],
+                              filters=[4, 8, 8, 16]).eval()  # fmt: skip
+    names = [(b.module, b.name, b.entries, b.fixed_entries) for b in routing_layout(dynunet)]
+    assert names == [
+        ("routing.downsamples.1", "e3", ("e1", "e2", INPUT), ("e2", INPUT)),  # no block before e2 (see the plug-in)
+        ("routing.bottleneck", "e4", ("e1", "e2", "e3", INPUT), ("e3", INPUT)),
+        ("routing.upsamples.0", "d1", ("e1", "e2", "e3", "e4", INPUT), ("e4", INPUT, "e3")),
+        ("routing.upsamples.1", "d2", ("e1", "e2", "e3", "e4", "d1", INPUT), ("d1", INPUT, "e2")),
+        ("routing.upsamples.2", "d3", ("e1", "e2", "e3", "e4", "d1", "d2", INPUT), ("d2", INPUT, "e1")),
+    ]
+    label = torch.zeros((1, 16, 16, 8), dtype=torch.long)
+    label[:, 2:10, 4:12] = 1
+    report = RoutingReport(dynunet)
+    with torch.no_grad():
+        report.run(torch.randn(1, 1, 16, 16, 8), label=label)
+    _assert_uniform(report)
+    _assert_uniform(report, "label", "class:class1")
+    _assert_uniform(report, "label", "boundary")
+    basic = XAttnResBasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4), xattnres="decoder").eval()
+    assert [b.name for b in routing_layout(basic)] == ["d1", "d2", "d3", "d4"]
+    assert routing_layout(basic)[0].fixed_entries == ("e5", INPUT, "e4")
+
+
 def test_a_favoured_entry_shows_in_the_report_and_the_maps(tmp_path):
     net = _small_unet()
     _favour(net, decoder_stage=3, entry=2)  # block d4 reads e3

@@ -11,6 +11,10 @@ Names (the paper's Eq. 3 pool order, Section 3.2):
   the PVTv2 maps (finest first) and decoder stage ``j`` produces ``dj`` from the coarsest, ``d4``, to the finest,
   ``d1``. Blocks ``d4, d3, d2, d1`` (``decoder.stages.0.routing`` ...); the pool is ``e1 .. e4`` then ``d4, d3, d2``;
   the input of block ``d4`` is ``e4`` itself, that of block ``dj`` is ``EUCB(d(j+1))``.
+- A plug-in network (:class:`~xattnres_monai.networks.plugins.XAttnResDynUNet`, ``XAttnResBasicUNet``): its stages
+  in pool order, ``e1 .. eS`` then ``d1 ..`` (coarsest decoder stage first); block ``routing.<stage module>`` is named
+  by the stage it precedes; the input of an encoder block of a DynUNet is the previous stage output itself (its
+  ``Down`` is the stride of the stage's first convolution).
 - Any other network with XAttnRes blocks: blocks by module name, entries ``h1 .. hK`` and ``"input"``.
 
 The fixed topology (:meth:`BlockLayout.fixed_entries`) is what a plain network connects to each stage: the previous
@@ -156,6 +160,24 @@ def _emcad_layout(blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
     return layouts
 
 
+def _plugin_layout(network: nn.Module, blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
+    """A plug-in network (:mod:`xattnres_monai.networks.plugins`): stages in pool order, ``e1 .. eS`` then ``d1 ..``;
+    block ``routing.<stage module>`` is named by the stage it precedes."""
+    stages = network.xattnres_stages()
+    encoder = [s for s in stages if s.side == "encoder"]
+    names = [f"e{i + 1}" for i in range(len(encoder))] + [f"d{j + 1}" for j in range(len(stages) - len(encoder))]
+    layouts = []
+    for n, stage in enumerate(stages):
+        module = f"routing.{stage.name}"
+        if n == 0 or module not in blocks:
+            continue
+        pool = _read(blocks[module], names[:n])
+        j = n - len(encoder)  # decoder index (< 0 in the encoder)
+        skip = names[len(encoder) - 2 - j] if j >= 0 and len(encoder) - 2 - j >= 0 else None
+        layouts.append(BlockLayout(module, names[n], pool + (INPUT,), names[n - 1], skip, "plugin"))
+    return layouts
+
+
 def routing_layout(network: nn.Module) -> List[BlockLayout]:
     """The XAttnRes blocks of ``network`` (in forward order) with their stage and entry names (module docstring).
 
@@ -174,6 +196,7 @@ def routing_layout(network: nn.Module) -> List[BlockLayout]:
         [('e2', ('e1', 'input')), ('e3', ('e1', 'e2', 'input'))]
     """
     from xattnres_monai.networks.nets import EMCADNet, XAttnResUNet
+    from xattnres_monai.networks.plugins import XAttnResPlugin
 
     network = unwrap(network)
     if isinstance(network, torch.jit.ScriptModule):
@@ -187,6 +210,8 @@ def routing_layout(network: nn.Module) -> List[BlockLayout]:
         layouts = _unet_layout(network, blocks)
     elif isinstance(network, EMCADNet):
         layouts = _emcad_layout(blocks)
+    elif isinstance(network, XAttnResPlugin):
+        layouts = _plugin_layout(network, blocks)
     else:
         layouts = []
     if len(layouts) != len(blocks) or any(len(l.entries) != len(blocks[l.module].read) + 1 for l in layouts):

@@ -28,7 +28,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from xattnres_monai.networks.ops import aggregate, reference
-from xattnres_monai.networks.ops.pytorch import channels_last
+from xattnres_monai.networks.ops.pytorch import channels_last, compiling
 from xattnres_monai.utils.options import as_choice, as_float, as_int, as_int_sequence
 
 __all__ = ["XAttnRes", "QUERY_INITS"]
@@ -140,7 +140,8 @@ class XAttnRes(nn.Module):
         for s in size:
             key = key + "x" + str(s)
         if key not in cache:
-            h = self._channels_last(i, h, cache)
+            if self.spatial_dims == 2 or not compiling():  # (Inductor, torch 2.13: wrong channels-last 3D backward)
+                h = self._channels_last(i, h, cache)
             cache[key] = F.adaptive_max_pool2d(h, size) if self.spatial_dims == 2 else F.adaptive_max_pool3d(h, size)
         return cache[key]
 

@@ -8,11 +8,15 @@ because it holds operations, not modules, and a C++ source that is package data.
 
 * :mod:`.reference`: the equations literally (stack, RMSNorm, softmax, sum); what tests, benchmarks and
   :meth:`XAttnRes.attention_weights` use;
-* :mod:`.pytorch`: the PyTorch formulation (any device; custom autograd in eager training; TorchScript / ONNX);
-* :mod:`.fused_cpu` (+ ``fused_cpu.cpp``): the fused CPU kernel, its build cache and its loader;
+* :mod:`.pytorch`: the PyTorch formulation (any device and dtype; custom autograd in eager training; TorchScript /
+  ONNX; traced by ``torch.compile``);
+* :mod:`.fused_cpu` (+ ``fused_cpu.cpp``): the fused CPU kernel, its build cache, its loader and its custom
+  operators (``torch.ops.xattnres.fused_cpu_aggregate``);
+* :mod:`.triton_kernel`: the Triton kernel for CUDA (forward and backward, imported on the first CUDA call;
+  ``torch.ops.xattnres.triton_aggregate``);
 * :mod:`.dispatch`: :func:`aggregate`, which picks one of them (rules in its docstring),
-  :func:`implementation_for`, which says which one, and the switch (``XATTNRES_FUSED_CPU=0``,
-  :func:`use_implementation`, :func:`set_fused_cpu`).
+  :func:`implementation_for`, which says which one, and the switches (``XATTNRES_FUSED_CPU=0``,
+  ``XATTNRES_TRITON=0``, :func:`use_implementation`, :func:`set_fused_cpu`, :func:`set_triton`).
 
 Example::
 
@@ -25,6 +29,21 @@ Example::
 """
 
 from . import reference
-from .dispatch import IMPLEMENTATIONS, aggregate, implementation_for, set_fused_cpu, use_implementation
+from .dispatch import (
+    IMPLEMENTATIONS,
+    aggregate,
+    implementation_for,
+    set_fused_cpu,
+    set_triton,
+    use_implementation,
+)
 
-__all__ = ["aggregate", "implementation_for", "use_implementation", "set_fused_cpu", "IMPLEMENTATIONS", "reference"]
+__all__ = [
+    "aggregate",
+    "implementation_for",
+    "use_implementation",
+    "set_fused_cpu",
+    "set_triton",
+    "IMPLEMENTATIONS",
+    "reference",
+]

@@ -1,8 +1,9 @@
 """The PyTorch formulation of the aggregation (Eq. 6-8 with the upsampling of Eq. 4): any device and dtype.
 
-What runs where the fused CPU kernel does not (CUDA, other dtypes, no compiler, ``XATTNRES_FUSED_CPU=0``, under
-``torch.compile``), and, with plain autograd, in TorchScript / traced / exported (ONNX) graphs. Speed machinery,
-all of it measured on CPU and kept to the same values as :mod:`.reference` by the tests:
+What runs where no kernel does (no compiler, no Triton, ``XATTNRES_FUSED_CPU=0`` / ``XATTNRES_TRITON=0``, dtypes the
+kernels do not take) and, with plain autograd, in TorchScript / traced / exported (ONNX) graphs and under
+``torch.compile`` (where Inductor fuses it). Speed machinery, all of it measured on CPU and kept to the same values
+as :mod:`.reference` by the tests:
 
 * the normalised stack is never materialised: ``l_n = (w * g) . V_n / rms(V_n)``, one channel contraction and
   one channel norm per entry; for upsampled entries the contraction runs at the entry's low resolution
@@ -10,6 +11,11 @@ all of it measured on CPU and kept to the same values as :mod:`.reference` by th
 * upsampled entries are computed channels-last, temporaries without autograd go to reused scratch buffers and
   eager inference streams upsampled entries through one buffer (see :func:`aggregate`);
 * in eager training :class:`Aggregate` replaces autograd's per-entry intermediates by a hand-written backward.
+
+Mixed precision: entries may be float16 / bfloat16 (also mixed with float32, as ``torch.autocast`` leaves them):
+the channel contractions, RMS, logits, softmax and the weighted sum are computed in float32
+(:func:`compute_dtype`) and the output has the dtype of ``x``; the backward computes in float32 too and returns
+each gradient in its input's dtype. The caller (:func:`.dispatch.aggregate`) runs this with autocast disabled.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["aggregate", "Aggregate", "channels_last", "upsample"]
+__all__ = ["aggregate", "Aggregate", "channels_last", "compiling", "upsample", "compute_dtype"]
 
 
 def channels_last(v: torch.Tensor) -> torch.Tensor:
@@ -29,12 +35,38 @@ def channels_last(v: torch.Tensor) -> torch.Tensor:
     return v.contiguous(memory_format=torch.channels_last_3d)
 
 
+def compiling() -> bool:
+    """Whether ``torch.compile`` / ``torch.export`` is tracing (``False`` in TorchScript, which cannot ask)."""
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_compiling()
+    return False
+
+
+def compute_dtype(values: List[torch.Tensor]) -> torch.dtype:
+    """The dtype the reductions run in: float32 for float16 / bfloat16 entries, else their common dtype."""
+    dtype = values[-1].dtype
+    for v in values:
+        dtype = torch.promote_types(dtype, v.dtype)
+    if dtype == torch.float16 or dtype == torch.bfloat16:
+        return torch.float32
+    return dtype
+
+
 def upsample(v: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Bilinear (trilinear) upsampling to ``size`` (identity when the size already matches)."""
     if list(v.shape[2:]) == size:
         return v
     mode = "bilinear" if v.dim() == 4 else "trilinear"
     return F.interpolate(v, size=size, mode=mode, align_corners=False)
+
+
+def _mean_square(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mean_c(v^2)`` accumulated in ``dtype``: one pass, no temporary (channels-last: contiguous reductions)."""
+    if v.dtype == dtype:
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    else:
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True, dtype=dtype)
+    return norm.square() / v.shape[1]
 
 
 def _upsample_into(v: torch.Tensor, size: List[int], buffer: Optional[torch.Tensor]) -> torch.Tensor:
@@ -56,10 +88,21 @@ def _upsample_adjoint(g: torch.Tensor, size: List[int]) -> torch.Tensor:
     return torch.ops.aten.upsample_trilinear3d_backward(g, list(g.shape[2:]), input_size, False, None, None, None)
 
 
-def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, stream: bool = False) -> List[torch.Tensor]:
+def aggregate(
+    query: torch.Tensor, values: List[torch.Tensor], eps: float, stream: bool = False, inplace: Optional[bool] = None
+) -> List[torch.Tensor]:
     """Eq. 6-8 on the (not yet upsampled) entries ``values``; the last one, ``x``, sets the size.
 
-    Returns ``[out, weights, dots, inv_rms]`` followed by the upsampled values (what the backward needs).
+    Returns ``[out, weights, dots, inv_rms]`` followed by the upsampled values (what the backward needs); ``out``
+    has the dtype of ``x``, the others are in :func:`compute_dtype`.
+
+    Args:
+        query: ``w * g``, shape ``(C,)``.
+        values: the entries, ``x`` last; smaller ones are upsampled to its size.
+        eps: the RMSNorm epsilon.
+        stream: eager inference only, see below.
+        inplace: write temporaries into scratch buffers (default: when autograd is off); ``False`` for graphs that
+            a compiler traces (``torch.compile``, ``torch.export``).
 
     Measured on CPU (2-core EPYC, batch 6 at 224^2), which shaped this code:
 
@@ -77,9 +120,11 @@ def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, strea
     """
     x = values[-1]
     target = list(x.shape[2:])
-    q = query.view([1, x.shape[1]] + [1] * (x.dim() - 2))
-    inplace = not torch.is_grad_enabled()
-    scratch = torch.empty_like(x) if inplace else x
+    dtype = compute_dtype(values)
+    q = query.to(dtype).view([1, x.shape[1]] + [1] * (x.dim() - 2))
+    if inplace is None:
+        inplace = not torch.is_grad_enabled()
+    scratch = torch.empty_like(x, dtype=dtype) if inplace else x
     dots: List[torch.Tensor] = []
     squares: List[torch.Tensor] = []
     full: List[torch.Tensor] = []
@@ -93,10 +138,13 @@ def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, strea
             v = channels_last(v)
             if stream:
                 buffer = _upsample_into(v, target, buffer)
-                squares.append(torch.linalg.vector_norm(buffer, dim=1, keepdim=True).square() / x.shape[1])
+                squares.append(_mean_square(buffer, dtype))
             else:
                 v = upsample(v, target)
-                squares.append(torch.linalg.vector_norm(v, dim=1, keepdim=True).square() / x.shape[1])
+                squares.append(_mean_square(v, dtype))
+        elif v.dtype != dtype:  # a float16 / bfloat16 entry: products and squares accumulated in float32
+            dots.append((v * q).sum(dim=1, keepdim=True))
+            squares.append(_mean_square(v, dtype))
         elif inplace:
             dots.append(torch.mul(v, q, out=scratch).sum(dim=1, keepdim=True))
             squares.append(torch.mul(v, v, out=scratch).mean(dim=1, keepdim=True))
@@ -118,7 +166,10 @@ def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, strea
                 out = out.addcmul_(w, v) if inplace else torch.addcmul(out, w, v)
         elif stream:
             buffer = _upsample_into(v, target, buffer)
-            upsampled = buffer.mul_(w) if upsampled is None else upsampled.addcmul_(w, buffer)
+            if upsampled is None:
+                upsampled = buffer.mul_(w) if buffer.dtype == dtype else buffer * w
+            else:
+                upsampled = upsampled.addcmul_(w, buffer)
             buffer = None if upsampled is buffer else buffer
         elif upsampled is None:
             upsampled = v * w
@@ -130,7 +181,7 @@ def aggregate(query: torch.Tensor, values: List[torch.Tensor], eps: float, strea
         else:
             out = out.add_(upsampled) if inplace else out + upsampled
     assert out is not None
-    return [out, weights, dot, inv_rms] + full
+    return [out.to(x.dtype), weights, dot, inv_rms] + full
 
 
 class Aggregate(torch.autograd.Function):
@@ -138,7 +189,9 @@ class Aggregate(torch.autograd.Function):
 
     Autograd through the eager formulation stores, and allocates in the backward, several full-resolution
     tensors per entry (products, squares, broadcast gradients): on CPU those allocations and memory passes,
-    not the arithmetic, dominated the training step. Here the backward reuses two scratch buffers.
+    not the arithmetic, dominated the training step. Here the backward reuses two scratch buffers. It computes in
+    the forward's :func:`compute_dtype` with autocast disabled (on CPU the backward runs in the caller's thread,
+    under the caller's autocast state) and returns each gradient in its input's dtype.
     """
 
     @staticmethod
@@ -151,12 +204,20 @@ class Aggregate(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # double backward (e.g. gradient penalties) is not supported
     def backward(ctx, grad):  # type: ignore[override]
+        if grad.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(grad.device.type):
+            with torch.autocast(grad.device.type, enabled=False):
+                return Aggregate._backward(ctx, grad)
+        return Aggregate._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: torch.Tensor) -> tuple:
         query, weights, dots, inv_rms, *rest = ctx.saved_tensors
         values, full = rest[: ctx.num_values], rest[ctx.num_values :]
         channels = grad.shape[1]
         reduce_dims = [0] + list(range(2, grad.dim()))
-        q = query.view([1, channels] + [1] * (grad.dim() - 2))
-        grad = grad.contiguous()
+        dtype = weights.dtype  # the forward's compute dtype
+        q = query.to(dtype).view([1, channels] + [1] * (grad.dim() - 2))
+        grad = grad.to(dtype).contiguous()
         scratch = torch.empty_like(grad)
         upsampled = [v is not low for low, v in zip(values, full)]
         grad_cl = channels_last(grad) if any(upsampled) else grad
@@ -176,7 +237,7 @@ class Aggregate(torch.autograd.Function):
         #   d logit / d v = r * q - (q . v) * r^3 / C * v,   d logit / d q = r * v
         coef_q = dlogits * inv_rms
         coef_v = coef_q * dots * inv_rms.square() / channels
-        dquery = torch.zeros_like(query)
+        dquery = torch.zeros_like(query, dtype=dtype)
         grads: List[torch.Tensor] = []
         for n, (low, v) in enumerate(zip(values, full)):
             cq = coef_q[:, n : n + 1]
@@ -191,5 +252,5 @@ class Aggregate(torch.autograd.Function):
             else:
                 g = torch.mul(grad, weights[:, n : n + 1]).addcmul_(coef_v[:, n : n + 1], v, value=-1)
                 dquery += torch.mul(v, cq, out=scratch).sum(dim=reduce_dims)
-            grads.append(g.addcmul_(cq, q))
-        return (dquery, None, *grads)
+            grads.append(g.addcmul_(cq, q).to(low.dtype))
+        return (dquery.to(query.dtype), None, *grads)
