@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-2d test test-slow benchmark summary clean corpus
+.PHONY: venv demo demo-2d demo-3d test test-slow benchmark summary clean corpus
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 DEMO_TASK ?= clinicdb
 demo-2d: $(STAMP)
 	$(PY) -m xattnres_monai.demo --task $(DEMO_TASK)
+
+# the 3D Synapse bundle (DynUNet + XAttnRes plug-in) on the CT phantoms
+demo-3d: $(STAMP)
+	$(PY) -m xattnres_monai.demo --task synapse_3d
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)

@@ -33,12 +33,12 @@ def clone(tmp_path) -> Path:
     """A copy of the shared sources and the 2D bundles' folders (configs, docs, LICENSE), as in the repository."""
     out = tmp_path / "bundles"
     shutil.copytree(BUNDLES / tool.SHARED_DIR, out / tool.SHARED_DIR)
-    for bundle in MEMBERS:
+    for bundle in MEMBERS + tuple(tool.DERIVED) + tuple(base for base, _ in tool.DERIVED.values()):
         shutil.copytree(BUNDLES / bundle, out / bundle, ignore=shutil.ignore_patterns("data", "eval", "*.pt", "*.ts"))
     return out
 
 
-def test_the_2d_bundles_match_their_shared_source():
+def test_the_bundles_match_their_shared_source():
     problems = tool.check(BUNDLES)
     assert not problems, "\n".join(problems) + "\n(run `python -m xattnres_monai.tools.bundles sync`)"
     result = _cli("check")
@@ -110,3 +110,56 @@ def test_an_edit_of_the_source_reaches_every_bundle_through_sync(clone):
         assert (clone / bundle / "configs" / "metadata.json").read_bytes() == (
             BUNDLES / bundle / "configs" / "metadata.json").read_bytes()  # fmt: skip
     assert tool.check(clone) == [] and "already match" in _cli("sync", "--bundles", clone).stdout
+
+
+# ------------------------------------------------------------------------------------------- derived (3D Synapse)
+DERIVED = "synapse_ct_3d_segmentation"
+
+
+def test_the_3d_bundle_is_the_synapse_bundle_with_its_overlay():
+    """Every derived config equals MONAI's merge of the Synapse config and the overlay (what ``--config_file
+    "[base, overlay]"`` would run), the overlay only names what differs, and files without one are copies."""
+    from monai.bundle import ConfigParser
+
+    base, overlay = tool.DERIVED[DERIVED]
+    for rel in tool.DERIVED_FILES:
+        derived = BUNDLES / DERIVED / rel
+        source = BUNDLES / base / rel
+        patch = BUNDLES / tool.SHARED_DIR / overlay / rel
+        if patch.is_file():
+            merged = ConfigParser.load_config_files([str(source), str(patch)])
+            assert json.loads(derived.read_text()) == merged, rel
+            assert derived.read_bytes() != source.read_bytes(), rel
+        else:
+            assert derived.read_bytes() == source.read_bytes(), rel
+    train = json.loads((BUNDLES / DERIVED / "configs" / "train.json").read_text())
+    assert train["network_def"]["_target_"] == "xattnres_monai.networks.plugins.XAttnResDynUNet"
+    assert train["validate"]["inferer"]["_target_"] == "SlidingWindowInferer"
+    assert [t["_target_"] for t in train["volume_transforms"]][3:5] == ["ScaleIntensityRanged", "Spacingd"]
+    synapse = json.loads((BUNDLES / base / "configs" / "train.json").read_text())
+    assert train["train"]["handlers"] == synapse["train"]["handlers"]  # shared: one place
+    assert "$import xattnres_monai.networks.plugins" in train["imports"]
+    assert set(synapse["imports"]) <= set(train["imports"])
+
+
+def test_an_edit_of_the_synapse_bundle_reaches_the_3d_bundle_through_sync_and_the_overlay_wins(clone):
+    base, overlay = tool.DERIVED[DERIVED]
+    source = clone / base / "configs" / "train.json"
+    config = json.loads(source.read_text())
+    config["weight_decay"] = 0.05  # shared with the 3D bundle
+    config["roi_size"] = [256, 256]  # the 3D overlay sets its own
+    source.write_text(json.dumps(config, indent=4) + "\n")
+    derived = clone / DERIVED / "configs" / "train.json"
+    stale = tool.check(clone)
+    assert [p.split(":")[0] for p in stale] == [str(derived)], stale
+    assert "differs from what" in stale[0]
+    assert tool.sync(clone) == [derived]
+    synced = json.loads(derived.read_text())
+    assert synced["weight_decay"] == 0.05 and synced["roi_size"] == [96, 96, 96]
+    assert tool.check(clone) == []
+    # a config of the 3D bundle alone, or an overlay of no derived file, is refused
+    (clone / DERIVED / "configs" / "extra.json").write_text("{}\n")
+    (clone / tool.SHARED_DIR / overlay / "configs" / "nothing.json").write_text("{}\n")
+    problems = tool.check(clone)
+    assert any("extra.json: a config of this derived bundle only" in p for p in problems), problems
+    assert any("nothing.json: an overlay of no derived file" in p for p in problems), problems

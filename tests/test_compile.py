@@ -158,3 +158,30 @@ def test_export_holds_standard_operators_only():
     assert not any("xattnres" in t for t in _targets(exported.graph_module))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), net(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("bundle", ["synapse_ct_segmentation", "clinicdb_polyp_segmentation",
+                                    "synapse_ct_3d_segmentation"])  # fmt: skip
+def test_bundle_compile_flag_compiles_the_network_in_place(bundle):
+    """``--compile true`` (train.json; multi_gpu_train.json wraps the same expression in DDP): the network's forward
+    is compiled in place (``nn.Module.compile``), its state dict keys stay the eager network's, so checkpoints and
+    ``ckpt_export`` are unchanged; off by default."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs"
+    for config_files, network_id in ((["train.json"], "network"),
+                                     (["train.json", "multi_gpu_train.json"], "network#module")):  # fmt: skip
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in config_files])
+        parser["bundle_root"] = str(configs.parent)
+        parser["device"] = "$torch.device('cpu')"
+        assert parser["compile"] is False
+        eager = parser.get_parsed_content(network_id, instantiate=True)
+        assert getattr(eager, "_compiled_call_impl", None) is None
+        parser["compile"] = True
+        parser.parse(True)
+        compiled = parser.get_parsed_content(network_id, instantiate=True)
+        assert compiled._compiled_call_impl is not None
+        assert list(compiled.state_dict()) == list(eager.state_dict())

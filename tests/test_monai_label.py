@@ -552,3 +552,69 @@ def test_2d_bundle_trains_from_saved_label_maps(server_2d, work_2d):
     # (the one line per epoch of xattnres_monai.handlers.EpochSummary: "epoch 1/1: ..., val_mean_dice 0.21 ...")
     dice = [float(m.group(1)) for m in re.finditer(r"epoch \d+/\d+: .*?val_mean_dice ([0-9.]+)", details)]
     assert dice and dice[-1] > 0, details[-3000:]
+
+
+# ------------------------------------------------------------------------------------------- 3D bundle (DynUNet)
+BUNDLE_3D = REPO / "bundles" / "synapse_ct_3d_segmentation"
+MODEL_3D = "synapse_ct_3d_segmentation"
+
+
+@pytest.fixture(scope="module")
+def work_3d(tmp_path_factory) -> dict:
+    """A tiny trained 3D model (DynUNet + XAttnRes, 32^3 patches) in a copy of the 3D bundle, a CT study of another
+    size and spacing, and the bundle's own command-line mask of it to compare MONAI Label's with."""
+    from monai.bundle import ConfigWorkflow
+
+    root = tmp_path_factory.mktemp("monai_label_3d")
+    write_phantoms(root / "raw", cases=3, size=(40, 40, 20), spacing=(1.2, 1.2, 2.5), seed=0)
+    prepare_synapse(root / "raw", root / "datalist.json", split="random", num_val=1)
+    bundle = root / MODEL_3D
+    shutil.copytree(BUNDLE_3D, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs"))
+    configs = bundle / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), workflow_type="train", bundle_root=str(bundle),
+        datalist=str(root / "datalist.json"), max_epochs=1, val_interval=1, roi_size=[32, 32, 32], num_workers=0,
+        batch_size=1, num_samples=1, **{"network_def#filters": [4, 8, 16, 16, 16]},
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert json.loads((configs / "inference.json").read_text())["roi_size"] == [32, 32, 32]
+    studies = root / "studies"
+    studies.mkdir()
+    (image, _), = write_phantoms(root / "new_raw", cases=1, size=STUDY_SHAPE, spacing=(0.9, 1.1, 3.0), seed=5,
+                                 first_case=50)  # fmt: skip
+    (studies / "study1.nii.gz").write_bytes(image.read_bytes())
+    cli = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json"),
+         "--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(root / "cli"),
+         "--organ_report", "false"],
+        capture_output=True, encoding="utf-8", errors="replace",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    return {"root": root, "bundle": bundle, "weights": bundle / "models" / "model.pt", "studies": studies,
+            "app": root / "app", "cli": root / "cli"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server_3d(label_python, work_3d):
+    yield from _serve(label_python, work_3d["bundle"], work_3d)
+
+
+@pytest.mark.slow
+@label_env_test
+def test_3d_bundle_is_served_and_its_masks_are_those_of_the_bundle_on_the_study_grid(server_3d, work_3d):
+    info = _json(f"{server_3d['url']}/info/")
+    assert info["models"][MODEL_3D]["labels"] == ORGANS and info["models"][MODEL_3D]["dimension"] == 3
+    status, content = _request(f"{server_3d['url']}/infer/{MODEL_3D}?image=study1&output=image", "POST")
+    assert status == 200, f"HTTP {status}: {content[-2000:]!r}\n{server_3d['log']()}"
+    path = work_3d["root"] / "label_study1.nii.gz"
+    path.write_bytes(content)
+    mask, study = nib.load(str(path)), nib.load(str(work_3d["studies"] / "study1.nii.gz"))
+    assert mask.shape == study.shape == STUDY_SHAPE
+    np.testing.assert_allclose(mask.affine, study.affine, atol=1e-4)
+    served = np.asanyarray(mask.dataobj).astype(np.uint8)
+    own = np.asanyarray(nib.load(str(work_3d["cli"] / "study1_seg.nii.gz")).dataobj)
+    # the same network, sliding window and resampling as the bundle's own inference
+    assert (served == own).mean() > 0.99, (served == own).mean()

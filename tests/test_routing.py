@@ -326,6 +326,10 @@ def test_routing_entropy_series_gives_one_value_per_block_and_keeps_the_mode():
     # a volume batch for a 2D network: slices of the first volume; a given tensor; an evaluator's data loader
     volumes = routing_entropy_series(net, torch.randn(1, 1, 32, 32, 6), max_items=3)
     assert volumes.batch().shape == (3, 1, 32, 32) and len(volumes(None)) == 8
+    # a whole validation volume for a patch-trained 3D network: centre-cropped / padded to the patch size
+    net3d = _small_unet(3)
+    whole = routing_entropy_series(net3d, torch.randn(1, 1, 40, 36, 10), roi_size=[16, 16, 16])
+    assert whole.batch().shape == (1, 1, 16, 16, 16) and len(whole(None)) == 8
 
     class Evaluator:
         data_loader = [{"image": torch.randn(2, 1, 32, 32)}]

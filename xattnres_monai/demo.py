@@ -2,7 +2,8 @@
 
 ``make demo`` (``python -m xattnres_monai.demo``): the Synapse CT bundle on generated abdominal-CT phantoms.
 ``make demo-2d`` (``python -m xattnres_monai.demo --task clinicdb``): the CVC-ClinicDB polyp bundle on generated
-endoscopy-like images (``--task colondb`` / ``isic2017``: the other 2D bundles). Each runs, with the bundle's own commands:
+endoscopy-like images (``--task colondb`` / ``isic2017``: the other 2D bundles). ``make demo-3d`` (``--task
+synapse_3d``): the 3D Synapse bundle (DynUNet + XAttnRes plug-in) on the same CT phantoms. Each runs, with the bundle's own commands:
 
 1. a copy of the bundle (configs, docs, licence) as ``demo_output/<task>_bundle``: the bundle to be trained;
 2. generated data into its ``data/`` (``raw/``, ``datalist.json``, and new unseen scans in ``new_scans/``);
@@ -42,12 +43,21 @@ TASKS: Dict[str, Dict[str, object]] = {
         "bundle": "synapse_ct_segmentation",
         "overrides": ["--roi_size", "[96,96]", "--learning_rate", "0.002", "--num_workers", "0"],
         "epochs": 12,  # 35 s each on 2 cores: the whole demo within 10 minutes from a fresh clone
+        "ct": True,
+    },
+    # the 3D bundle (DynUNet + XAttnRes plug-in) on the same phantoms, CPU-sized: 48^3 patches, filters 8 .. 64
+    "synapse_3d": {
+        "bundle": "synapse_ct_3d_segmentation",
+        "overrides": ["--roi_size", "[48,48,48]", "--network_def#filters", "[8,16,32,64,64]", "--learning_rate",
+                      "0.003", "--num_workers", "0", "--batch_size", "2", "--num_samples", "2"],  # fmt: skip
+        "epochs": 40,
+        "ct": True,
     },
 }
 _IMAGE_OVERRIDES = ["--roi_size", "[64,64]", "--learning_rate", "0.002", "--num_workers", "0", "--batch_size", "8"]
 for _dataset, _bundle in (("clinicdb", "clinicdb_polyp_segmentation"), ("colondb", "colondb_polyp_segmentation"),
                           ("isic2017", "isic2017_skin_segmentation")):  # fmt: skip
-    TASKS[_dataset] = {"bundle": _bundle, "overrides": _IMAGE_OVERRIDES, "epochs": 15}
+    TASKS[_dataset] = {"bundle": _bundle, "overrides": _IMAGE_OVERRIDES, "epochs": 15, "ct": False}
 # what the demo's prediction shows: figures; for CT also test-time mirroring, the organ report (on by default) and
 # DICOM-SEG for the DICOM copy of the new scan
 PREDICT_OPTIONS = {
@@ -82,7 +92,7 @@ def make_bundle(task: str, bundle_root: Path, fresh: bool) -> None:
 def make_data(task: str, data: Path, cases: int) -> None:
     """Generated training data (``raw/`` + ``datalist.json``) and new unseen scans (``new_scans/``)."""
     py = sys.executable
-    if task == "synapse":
+    if TASKS[task]["ct"]:
         if not (data / "raw").exists():
             _run([py, "-m", "xattnres_monai.data.phantoms", "--output", str(data / "raw"), "--cases", str(cases),
                   "--seed", "0"])  # fmt: skip
@@ -136,7 +146,8 @@ def _shown(path: Path) -> str:
 def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
     """The commands (from the repository root) that use the trained bundle."""
     b, m = _shown(bundle_root), _shown(masks)
-    new = f"{b}/data/" + ("new_scans" if task == "synapse" else "new_images")
+    ct = bool(TASKS[task]["ct"])
+    new = f"{b}/data/" + ("new_scans" if ct else "new_images")
     evaluate = (
         f"python -m monai.bundle run --config_file \"['{b}/configs/train.json','{b}/configs/evaluate.json']\" "
         f"--bundle_root {b} --overwrite true"
@@ -149,7 +160,7 @@ def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
     steps = [
         f"evaluate:     {evaluate}",
         f"predict:      python -m xattnres_monai predict -i {new} -o {m} --bundle {b} --overwrite "
-        + " ".join(PREDICT_OPTIONS[task == "synapse"]),
+        + " ".join(PREDICT_OPTIONS[ct]),
         f"bundle infer: python -m monai.bundle run --config_file {b}/configs/inference.json --bundle_root {b}",
         f"export:       {export}",
         f"tensorboard:  tensorboard --logdir {b}/eval",
@@ -162,7 +173,8 @@ def next_steps(task: str, bundle_root: Path, masks: Path) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="synapse",
-                        help="synapse (CT scans) or a 2D bundle's data set: clinicdb, colondb (polyps), isic2017 (skin)")
+                        help="synapse (CT scans, 2D network), synapse_3d (CT scans, 3D DynUNet) or a 2D bundle's data set: "
+                        "clinicdb, colondb (polyps), isic2017 (skin)")
     parser.add_argument("--output", default="demo_output", help="working folder (the trained bundle, masks)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: 12 CT, 15 2D; XATTNRES_DEMO_QUICK=1 in the environment: 1 epoch, 4 cases)")
@@ -177,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     cases = min(args.cases, 4) if quick else args.cases
     out = Path(args.output).resolve()
     bundle_root = out / f"{task}_bundle"
-    masks = out / ("masks" if task == "synapse" else f"{task}_masks")
+    masks = out / ("masks" if task == "synapse" else f"{task}_masks")  # (the CT demo's masks kept their name)
+    ct = bool(TASKS[task]["ct"])
     print(
         "note: MONAI warns that a bundle config can run any code (its `_target_` and `$` values); this demo runs "
         "only this repository's bundle configs, and that warning is not repeated at each step."
@@ -194,9 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
          + ["--max_epochs", str(epochs), "--val_interval", str(val_interval)])  # fmt: skip
     # the trained bundle's own configs now state its settings: evaluation and prediction need no overrides
     _run(bundle + ["--config_file", _config_list(bundle_root, "train.json", "evaluate.json"), "--overwrite", "true"])
-    new = bundle_root / "data" / ("new_scans" if task == "synapse" else "new_images")
+    new = bundle_root / "data" / ("new_scans" if ct else "new_images")
     _run([py, "-m", "xattnres_monai", "predict", "-i", str(new), "-o", str(masks), "--bundle", str(bundle_root),
-          "--overwrite", *PREDICT_OPTIONS[task == "synapse"]])  # fmt: skip
+          "--overwrite", *PREDICT_OPTIONS[ct]])  # fmt: skip
     # the learned routing (configs/routing.json): which earlier stage each block reads, on two labelled cases
     _run(bundle + ["--config_file", _config_list(bundle_root, "inference.json", "routing.json"), "--routing_labels",
                    str(bundle_root / "data" / "datalist.json"), "--routing_max_scans", "2", "--routing_maps", "1",
@@ -215,7 +228,7 @@ def _report(task: str, bundle_root: Path, masks: Path) -> float:
     curves = bundle_root / "eval" / "training_curves.png"
     with open(bundle_root / "eval" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    if task == "synapse":
+    if TASKS[task]["ct"]:
         summary = {row["convention"]: row for row in rows}
         result = float(summary["literature"]["DSC"])
         print(f"  mean Dice over the 8 organs on the test phantoms: {result:.2f} % (literature convention)")

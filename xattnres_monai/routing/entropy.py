@@ -8,9 +8,10 @@ whatever the block's pool size, so blocks can be compared on one scale.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
+from monai.transforms import ResizeWithPadOrCrop
 from torch import nn
 
 from xattnres_monai.routing.capture import capture_routing
@@ -49,8 +50,11 @@ def block_entropies(network: nn.Module, x: torch.Tensor) -> Dict[str, float]:
         >>> block_entropies(XAttnResUNet(2, 1, 2).eval(), torch.randn(1, 1, 32, 32))["d4"]  # zero queries: uniform
         1.0
     """
-    with capture_routing(network) as weights:
-        network(x)
+    # the eager forward: a network compiled for training (``--compile true``) would otherwise compile again for
+    # this eval-mode batch; the hooks sit on the XAttnRes blocks, which the eager forward calls as modules
+    eager = getattr(network, "_orig_mod", network)
+    with capture_routing(eager) as weights:
+        eager.forward(x)
     return {name: float(attention_entropy(w).mean()) for name, w in weights.items()}
 
 
@@ -68,9 +72,13 @@ def _image(batch: Any, key: str) -> torch.Tensor:
     return batch.as_tensor() if hasattr(batch, "as_tensor") else batch
 
 
-def _network_input(image: torch.Tensor, spatial_dims: int, max_items: int) -> torch.Tensor:
+def _network_input(
+    image: torch.Tensor, spatial_dims: int, max_items: int, roi_size: Optional[Sequence[int]] = None
+) -> torch.Tensor:
     """At most ``max_items`` inputs of ``spatial_dims`` spatial axes: a volume batch for a 2D network gives evenly
-    spaced slices of its first volume along the last axis (as the bundles' ``SliceInferer`` slices)."""
+    spaced slices of its first volume along the last axis (as the bundles' ``SliceInferer`` slices); inputs of the
+    network's own dimension are centre-cropped / zero-padded to ``roi_size`` when it is given (a whole validation
+    volume for a patch-trained 3D network, whose size need not fit its strides)."""
     if image.dim() == spatial_dims + 3:  # (B, C, X, Y, Z) volumes for a 2D network
         volume = image[0]
         depth = volume.shape[-1]
@@ -81,14 +89,25 @@ def _network_input(image: torch.Tensor, spatial_dims: int, max_items: int) -> to
         raise ValueError(
             f"routing_entropy_series: a batch of shape {list(image.shape)} does not fit a {spatial_dims}D network"
         )
-    return image[:max_items]
+    image = image[:max_items]
+    if roi_size is not None:
+        roi = [int(r) for r in roi_size]
+        if len(roi) != spatial_dims:
+            raise ValueError(f"routing_entropy_series: roi_size {roi} for a {spatial_dims}D network")
+        crop = ResizeWithPadOrCrop(roi)
+        image = torch.stack([torch.as_tensor(crop(item)) for item in image])
+    return image
 
 
 class _EntropySeries:
     """The callable of :func:`routing_entropy_series` (the batch is fetched once, at its first call)."""
 
-    def __init__(self, network: nn.Module, batch_source: BatchSource, max_items: int, key: str) -> None:
+    def __init__(
+        self, network: nn.Module, batch_source: BatchSource, max_items: int, key: str,
+        roi_size: Optional[Sequence[int]] = None,
+    ) -> None:  # fmt: skip
         self.network = network
+        self.roi_size = None if roi_size is None else [int(r) for r in roi_size]
         self.batch_source = batch_source
         self.max_items = int(max_items)
         self.key = key
@@ -113,7 +132,8 @@ class _EntropySeries:
                 else:
                     batch = next(iter(source))
             dims = spatial_dims_of(self.network)
-            self._batch = _network_input(_image(batch, self.key), dims, self.max_items).detach().clone()
+            image = _image(batch, self.key)
+            self._batch = _network_input(image, dims, self.max_items, self.roi_size).detach().clone()
         return self._batch
 
     def __call__(self, engine: Any = None) -> Dict[str, float]:
@@ -133,7 +153,11 @@ class _EntropySeries:
 
 
 def routing_entropy_series(
-    network: nn.Module, batch_source: BatchSource, max_items: int = 4, key: str = "image"
+    network: nn.Module,
+    batch_source: BatchSource,
+    max_items: int = 4,
+    key: str = "image",
+    roi_size: Optional[Sequence[int]] = None,
 ) -> Callable[[Any], Dict[str, float]]:
     """A per-epoch series for :class:`~xattnres_monai.handlers.training_curves.TrainingCurves`' ``extra_series``:
     the mean normalised routing entropy of every XAttnRes block on a fixed small batch.
@@ -151,10 +175,13 @@ def routing_entropy_series(
             a 2D network give ``max_items`` evenly spaced slices along the last axis of the first volume.
         max_items: at most this many inputs of the batch are used (it is computed every epoch: keep it small).
         key: the image key of batch dicts.
+        roi_size: the network's input size: inputs of its own dimension are centre-cropped / zero-padded to it (a
+            patch-trained 3D network validated on whole volumes); slices of volumes for a 2D network are kept as
+            they are.
 
     Example::
 
         >>> curves = TrainingCurves("runs/progress.png", validator=evaluator,
         ...                         extra_series={"routing_entropy": routing_entropy_series(net, evaluator)})
     """
-    return _EntropySeries(network, batch_source, max_items, key)
+    return _EntropySeries(network, batch_source, max_items, key, roi_size)

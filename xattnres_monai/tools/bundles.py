@@ -1,4 +1,4 @@
-"""One source for the configs that bundles of a family share: ``python -m xattnres_monai.tools.bundles sync|check``.
+"""One source for the configs that bundles share: ``python -m xattnres_monai.tools.bundles sync|check``.
 
 The three 2D bundles (ColonDB, ClinicDB, ISIC 2017) run the same pipeline: every config but ``metadata.json`` is the
 same file. The shared files live once, in ``bundles/_shared/image_2d/`` (laid out like a bundle: ``LICENSE``,
@@ -17,6 +17,14 @@ What stays per bundle: ``configs/metadata.json`` (name, version, changelog, data
 data licence) and ``models/``. A dataset-specific default goes into the bundle's documented command line or an extra
 config of its own, listed in ``PER_BUNDLE``.
 
+Derived bundles: the 3D Synapse bundle (``synapse_ct_3d_segmentation``: DynUNet + XAttnRes on 3D patches) runs the
+Synapse bundle's pipeline with another network, resampling, patch sampling and inferer. Its configs are the Synapse
+bundle's merged with a small overlay (``bundles/_shared/synapse_3d/configs/<name>.json``: only what differs, as MONAI
+config ids such as ``"network_def"``, ``"volume_transforms#4"``, ``"+imports"``), merged by MONAI's own
+``ConfigParser.load_config_files`` (the same merge as ``--config_file "[a.json, b.json]"``) and written as a complete
+config; files without an overlay are copied. A change to the Synapse bundle reaches the 3D bundle at the next ``sync``,
+and ``check`` fails until it has.
+
 To change a shared config: edit ``bundles/_shared/image_2d/<path>``, run ``python -m xattnres_monai.tools.bundles
 sync``, and commit the source with the copies (bump each bundle's version in its ``metadata.json`` when the change
 is user-visible).
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +48,20 @@ SHARED_DIR = "_shared"
 FAMILIES: Dict[str, Tuple[str, ...]] = {
     "image_2d": ("clinicdb_polyp_segmentation", "colondb_polyp_segmentation", "isic2017_skin_segmentation"),
 }
-#: files under a family bundle's ``configs/`` that are its own (not generated)
+#: derived bundle -> (the bundle it derives from, its overlay folder under ``<bundles>/_shared/``)
+DERIVED: Dict[str, Tuple[str, str]] = {"synapse_ct_3d_segmentation": ("synapse_ct_segmentation", "synapse_3d")}
+#: the files a derived bundle takes from its base bundle (a config with an overlay of the same path is merged)
+DERIVED_FILES = (
+    "LICENSE",
+    "docs/data_license.txt",
+    "configs/logging.conf",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/routing.json",
+)
+#: files under a family or derived bundle's ``configs/`` that are its own (not generated)
 PER_BUNDLE = ("configs/metadata.json",)
 #: files of the source folder that are about the source and not copied
 NOT_COPIED = ("README.md",)
@@ -67,6 +89,76 @@ def _diff(source: Path, copy: Path, limit: int = 20) -> str:
     lines = list(difflib.unified_diff(a, b, str(source), str(copy), lineterm="", n=1))
     more = f"\n    ... {len(lines) - limit} more diff lines" if len(lines) > limit else ""
     return "\n".join("    " + line for line in lines[:limit]) + more
+
+
+def overlay_files(bundle: str, bundles_dir: Path = BUNDLES_DIR) -> List[str]:
+    """The overlay files of a derived bundle (paths relative to a bundle folder, sorted)."""
+    root = Path(bundles_dir) / SHARED_DIR / DERIVED[bundle][1]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no overlay for the derived bundle {bundle!r}")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [f for f in files if f not in NOT_COPIED]
+
+
+def derived_content(bundle: str, rel: str, bundles_dir: Path = BUNDLES_DIR) -> bytes:
+    """What ``sync`` writes to ``<bundles>/<bundle>/<rel>`` of a derived bundle: the base bundle's file, merged with the
+    overlay of the same path when there is one (MONAI's ``ConfigParser.load_config_files``, JSON indented by 4)."""
+    from monai.bundle import ConfigParser
+
+    base_name, overlay_name = DERIVED[bundle]
+    base = Path(bundles_dir) / base_name / rel
+    overlay = Path(bundles_dir) / SHARED_DIR / overlay_name / rel
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: missing (the derived bundle {bundle!r} takes {rel} from it)")
+    if not overlay.is_file():
+        return base.read_bytes()
+    merged = ConfigParser.load_config_files([str(base), str(overlay)])
+    return (json.dumps(merged, indent=4) + "\n").encode("utf-8")
+
+
+def _check_derived(bundles_dir: Path) -> List[str]:
+    problems = []
+    for bundle, (base_name, overlay_name) in DERIVED.items():
+        folder = bundles_dir / bundle
+        if not folder.is_dir():
+            problems.append(f"{folder}: the derived bundle is missing")
+            continue
+        for rel in overlay_files(bundle, bundles_dir):
+            if rel not in DERIVED_FILES:
+                problems.append(f"{bundles_dir / SHARED_DIR / overlay_name / rel}: an overlay of no derived file "
+                                f"(one of {', '.join(DERIVED_FILES)})")  # fmt: skip
+        for rel in DERIVED_FILES:
+            copy = folder / rel
+            expected = derived_content(bundle, rel, bundles_dir)
+            if not copy.is_file():
+                problems.append(f"{copy}: missing (derived from {bundles_dir / base_name / rel}; run `{_sync_command()}`)")
+            elif copy.read_bytes() != expected:
+                problems.append(
+                    f"{copy}: differs from what {bundles_dir / base_name / rel} and its overlay in "
+                    f"{bundles_dir / SHARED_DIR / overlay_name} give (edit those, then run `{_sync_command()}`)"
+                )
+        configs = folder / "configs"
+        own = set(DERIVED_FILES) | set(PER_BUNDLE)
+        for path in sorted(configs.rglob("*")) if configs.is_dir() else []:
+            rel = path.relative_to(folder).as_posix()
+            if path.is_file() and rel not in own:
+                problems.append(f"{path}: a config of this derived bundle only (list it in DERIVED_FILES or PER_BUNDLE "
+                                f"of {Path(__file__).name})")  # fmt: skip
+    return problems
+
+
+def _sync_derived(bundles_dir: Path) -> List[Path]:
+    written = []
+    for bundle in DERIVED:
+        for rel in DERIVED_FILES:
+            copy = bundles_dir / bundle / rel
+            expected = derived_content(bundle, rel, bundles_dir)
+            if copy.is_file() and copy.read_bytes() == expected:
+                continue
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(expected)
+            written.append(copy)
+    return written
 
 
 def check(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILIES)) -> List[str]:
@@ -100,7 +192,7 @@ def check(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMIL
                         f"{path}: a config of this bundle only (add it to {source / 'configs'} for the whole "
                         f"family, or list it in PER_BUNDLE of {Path(__file__).name})"
                     )
-    return problems
+    return problems + _check_derived(bundles_dir)
 
 
 def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILIES)) -> List[Path]:
@@ -121,7 +213,7 @@ def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILI
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / rel, copy)
                 written.append(copy)
-    return written
+    return written + _sync_derived(bundles_dir)
 
 
 def _sync_command() -> str:
