@@ -33,9 +33,9 @@ demo-3d: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-# pytest exits 5 when nothing is marked slow: not a failure
+# pytest exits 5 when nothing is marked slow: not a failure; the 25 slowest tests are listed (CI time)
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m slow -q --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # real-file test corpus (tests/corpus.py), into $XATTNRES_CORPUS or ~/.cache/xattnres_monai/corpus
 corpus: $(STAMP)

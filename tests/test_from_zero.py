@@ -28,6 +28,7 @@ from tests.independent_geometry import dicom_series_geometry, nifti_geometry
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {
     "synapse_ct_segmentation": "synapse",
+    "synapse_ct_3d_segmentation": "synapse_3d",
     "clinicdb_polyp_segmentation": "clinicdb",
     "colondb_polyp_segmentation": "colondb",
     "isic2017_skin_segmentation": "isic2017",
@@ -71,7 +72,7 @@ def test_from_zero_section_runs_as_written(bundle, tmp_path):
 
     trained = tmp_path / "demo_output" / f"{task}_bundle"
     checkpoint = torch.load(trained / "models" / "model.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "settings"} and checkpoint["settings"]["roi_size"] in ([96, 96], [64, 64])
+    assert set(checkpoint) == {"model", "settings"} and checkpoint["settings"]["roi_size"] in ([96, 96], [64, 64], [32, 32, 32])
     assert (trained / "models" / "model.ts").stat().st_size > 0
     assert (trained / "eval" / "summary.csv").is_file() and (trained / "eval" / "training_curves.png").is_file()
     assert "metadata is verified with no error" in log and "data shape of network is verified with no error" in log
@@ -81,7 +82,7 @@ def test_from_zero_section_runs_as_written(bundle, tmp_path):
     for figure in figures:
         with Image.open(figure) as image:
             assert min(image.size) >= 512, (figure, image.size)
-    if task == "synapse":
+    if task in ("synapse", "synapse_3d"):
         checked = 0
         for mask in masks.glob("*_seg.nii.gz"):
             # each mask on its input's grid, read by pydicom (the DICOM series) or nibabel (the NIfTI phantom)
