@@ -135,7 +135,7 @@ def test_the_3d_bundle_is_the_synapse_bundle_with_its_overlay():
     train = json.loads((BUNDLES / DERIVED / "configs" / "train.json").read_text())
     assert train["network_def"]["_target_"] == "xattnres_monai.networks.plugins.XAttnResDynUNet"
     assert train["validate"]["inferer"]["_target_"] == "SlidingWindowInferer"
-    assert [t["_target_"] for t in train["volume_transforms"]][3:5] == ["ScaleIntensityRanged", "Spacingd"]
+    assert [t["_target_"] for t in train["volume_transforms"]][3:5] == ["ScaleIntensityRanged", "xattnres_monai.transforms.PathSafeSpacingd"]
     synapse = json.loads((BUNDLES / base / "configs" / "train.json").read_text())
     assert train["train"]["handlers"] == synapse["train"]["handlers"]  # shared: one place
     assert "$import xattnres_monai.networks.plugins" in train["imports"]
