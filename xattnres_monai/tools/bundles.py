@@ -137,14 +137,18 @@ def _check_derived(bundles_dir: Path) -> List[str]:
                     f"{copy}: differs from what {bundles_dir / base_name / rel} and its overlay in "
                     f"{bundles_dir / SHARED_DIR / overlay_name} give (edit those, then run `{_sync_command()}`)"
                 )
-        configs = folder / "configs"
-        own = set(DERIVED_FILES) | set(PER_BUNDLE)
-        for path in sorted(configs.rglob("*")) if configs.is_dir() else []:
-            rel = path.relative_to(folder).as_posix()
-            if path.is_file() and rel not in own:
-                problems.append(f"{path}: a config of this derived bundle only (list it in DERIVED_FILES or PER_BUNDLE "
-                                f"of {Path(__file__).name})")  # fmt: skip
+        for path in _unlisted_configs(folder, DERIVED_FILES):
+            problems.append(f"{path}: a config of this derived bundle only (list it in DERIVED_FILES or PER_BUNDLE "
+                            f"of {Path(__file__).name})")  # fmt: skip
     return problems
+
+
+def _unlisted_configs(folder: Path, generated: Sequence[str]) -> List[Path]:
+    """Files under ``folder/configs`` that are neither ``generated`` nor listed in :data:`PER_BUNDLE`."""
+    configs = folder / "configs"
+    own = set(generated) | set(PER_BUNDLE)
+    paths = sorted(configs.rglob("*")) if configs.is_dir() else []
+    return [p for p in paths if p.is_file() and p.relative_to(folder).as_posix() not in own]
 
 
 def _sync_derived(bundles_dir: Path) -> List[Path]:
@@ -183,15 +187,11 @@ def check(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMIL
                         f"`{_sync_command()}`; per-dataset values belong in configs/metadata.json or docs/)\n"
                         + _diff(source / rel, copy)
                     )
-            configs = folder / "configs"
-            own = set(files) | set(PER_BUNDLE)
-            for path in sorted(configs.rglob("*")) if configs.is_dir() else []:
-                rel = path.relative_to(folder).as_posix()
-                if path.is_file() and rel not in own:
-                    problems.append(
-                        f"{path}: a config of this bundle only (add it to {source / 'configs'} for the whole "
-                        f"family, or list it in PER_BUNDLE of {Path(__file__).name})"
-                    )
+            for path in _unlisted_configs(folder, files):
+                problems.append(
+                    f"{path}: a config of this bundle only (add it to {source / 'configs'} for the whole "
+                    f"family, or list it in PER_BUNDLE of {Path(__file__).name})"
+                )
     return problems + _check_derived(bundles_dir)
 
 
