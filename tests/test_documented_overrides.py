@@ -389,7 +389,11 @@ def test_every_documented_override_key_is_checked_or_listed():
         for name, overrides in REQUIRED.items():
             assert overrides in plain, f"{bundle.name}: the '{name}' configuration is no longer documented"
         overlays = [files for (b, files, o, kind) in expect.values() if b == bundle and len(files) > 1]
-        assert any("configs/dca.json" in f for f in overlays) and any("configs/emcad.json" in f for f in overlays)
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        if len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == 2:  # DCA and EMCAD are 2D networks
+            assert any("configs/dca.json" in f for f in overlays) and any("configs/emcad.json" in f for f in overlays)
+        else:
+            assert not (bundle / "configs" / "dca.json").exists() and not (bundle / "configs" / "emcad.json").exists()
 
 
 def test_documented_overrides_build_what_they_say_through_the_cli(cli_results):

@@ -453,3 +453,57 @@ def test_build_routing_mirrors_stage_names():
     assert not hasattr(routing, "stem")
     with pytest.raises(ValueError, match="out of order"):
         build_routing(2, [stages[0], Stage("down.1", "encoder", 4, 8)])
+
+
+@pytest.mark.parametrize("which", ["dynunet", "basic_unet"])
+def test_pruned_connections_drop_exactly_the_named_projections(which):
+    """``pruned_connections`` ("block:entry", the report's stage names) removes those 1x1 projections and the
+    entries from the blocks' softmax, is recorded in the definition, scripts, and refuses non-connections."""
+    from xattnres_monai.routing.layout import routing_layout
+
+    if which == "dynunet":
+        make = lambda **kw: XAttnResDynUNet(3, 1, 3, [3, 3, 3, 3], [1, 2, 2, [2, 2, 1]], [2, 2, [2, 2, 1]],
+                                            filters=[4, 8, 16, 16], **kw)  # fmt: skip
+        shape, pruned = (1, 1, 16, 16, 8), ["d3:e4", "d3:e1", "e4:e2"]
+        # e4 (16 channels) into d3's 4-channel Up, e1 (4) into d3 (equal widths: no projection), e2 (8) into e4's 16
+        removed = 16 * 4 + 0 + 8 * 16
+    else:
+        make = lambda **kw: XAttnResBasicUNet(2, 1, 3, features=list(BASIC_FEATURES), **kw)
+        shape, pruned = (1, 1, 32, 32), ["d4:e5", "d4:d1"]
+        removed = sum(w.numel() for w in _projection_weights(make(), "d4", ("e5", "d1")))
+    full, net = make(), make(pruned_connections=pruned)
+    assert removed > 0
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in net.parameters()) == removed
+    entries = {b.name: b.entries for b in routing_layout(net)}
+    for name in pruned:
+        block, entry = name.split(":")
+        assert entry not in entries[block] and entry in {b.name: b.entries for b in routing_layout(full)}[block]
+    assert network_definition(net)["pruned_connections"] == sorted(pruned)
+    assert "pruned_connections" not in network_definition(full)
+    net.eval()
+    with capture_attention(net) as weights:
+        out = net(torch.randn(*shape))
+    for name in {p.split(":")[0] for p in pruned}:
+        module = next(b.module for b in routing_layout(net) if b.name == name)
+        reads = len(entries[name])  # the entries it still reads, its own input included
+        torch.testing.assert_close(weights[module], torch.full_like(weights[module], 1 / reads))  # zero queries
+    x = torch.randn(*shape)
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+    assert out.shape[:2] == (1, 3)
+    with pytest.raises(ValueError, match=f"{type(net).__name__}: pruned_connections .* not connections"):
+        make(pruned_connections=["d1:d2"])  # d1 runs before d2
+    with pytest.raises(ValueError, match="'block:entry' stage names"):
+        make(pruned_connections="d9:e1")
+
+
+def _projection_weights(net, block_name, entries):
+    from xattnres_monai.routing.layout import routing_layout
+
+    layout = next(b for b in routing_layout(net) if b.name == block_name)
+    block = dict(net.named_modules())[layout.module]
+    weights = []
+    for entry in entries:
+        k = layout.entries.index(entry)
+        projection = block.projections[k]
+        weights += list(projection.parameters())
+    return weights

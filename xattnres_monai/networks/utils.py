@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from xattnres_monai.networks.blocks.xattnres import XAttnRes
 from xattnres_monai.utils.options import as_bool
 
 __all__ = [
+    "parse_pruned_connections",
     "capture_attention",
     "check_input",
     "compile_network",
@@ -61,6 +62,42 @@ def capture_attention(network: nn.Module) -> Iterator[Dict[str, torch.Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def parse_pruned_connections(value: Any, names: Sequence[str], owner: str) -> Set[Tuple[str, str]]:
+    """``["d4:e5", ...]`` (or one comma-separated string) as a set of ``(block, entry)`` stage-name pairs.
+
+    Args:
+        value: the ``pruned_connections`` option: ``None``, a sequence of ``"block:entry"`` strings or one string
+            with comma-separated entries.
+        names: the stage names of the network (``e1 .. eS``, ``d1 ..``).
+        owner: the network's name for the error message.
+
+    Raises:
+        ValueError: an entry that is not ``block:entry`` with both parts in ``names`` (one line, naming it).
+
+    Example::
+
+        >>> sorted(parse_pruned_connections("d4:e5, d1:e2", ["e1", "e2", "e5", "d1", "d4"], "Net"))
+        [('d1', 'e2'), ('d4', 'e5')]
+    """
+    if value is None:
+        return set()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    known = set(names)
+    pairs = set()
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        parts = text.split(":")
+        if len(parts) != 2 or parts[0] not in known or parts[1] not in known:
+            raise ValueError(
+                f"{owner}: pruned_connections entries are 'block:entry' stage names ({', '.join(sorted(known))}), "
+                f"got {item!r}."
+            )
+        pairs.add((parts[0], parts[1]))
+    return pairs
 
 
 def count_parameters(network: nn.Module, trainable_only: bool = True) -> int:

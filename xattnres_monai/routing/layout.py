@@ -163,9 +163,11 @@ def _emcad_layout(blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
 def _plugin_layout(network: nn.Module, blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
     """A plug-in network (:mod:`xattnres_monai.networks.plugins`): stages in pool order, ``e1 .. eS`` then ``d1 ..``;
     block ``routing.<stage module>`` is named by the stage it precedes."""
+    from xattnres_monai.networks.plugins import stage_names
+
     stages = network.xattnres_stages()
     encoder = [s for s in stages if s.side == "encoder"]
-    names = [f"e{i + 1}" for i in range(len(encoder))] + [f"d{j + 1}" for j in range(len(stages) - len(encoder))]
+    names = stage_names(stages)
     layouts = []
     for n, stage in enumerate(stages):
         module = f"routing.{stage.name}"

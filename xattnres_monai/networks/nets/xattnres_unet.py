@@ -14,7 +14,7 @@ from torch import nn
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.networks.definition import record_definition
-from xattnres_monai.networks.utils import check_input
+from xattnres_monai.networks.utils import check_input, parse_pruned_connections
 from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
 __all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
@@ -33,26 +33,6 @@ def _spatial_dims(value: object, owner: str) -> int:
 
 #: a layer given MONAI's way: a name (``"relu"``) or a ``(name, {arguments})`` pair (``("leakyrelu", {"negative_slope": 0.1})``).
 LayerOption = Optional[Union[str, Tuple[str, Dict[str, Any]]]]
-
-
-def _pruned_connections(value: Any, num_encoder: int) -> set:
-    """``["d4:e5", ...]`` (or one comma-separated string) as a set of ``(block, entry)`` stage-name pairs."""
-    if value is None:
-        return set()
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = {f"e{i + 1}" for i in range(num_encoder)} | {f"d{j + 1}" for j in range(num_encoder - 1)}
-    pairs = set()
-    for item in items:
-        parts = str(item).strip().split(":")
-        if not str(item).strip():
-            continue
-        if len(parts) != 2 or parts[0] not in names or parts[1] not in names:
-            raise ValueError(
-                f"XAttnResUNet: pruned_connections entries are 'block:entry' stage names ({', '.join(sorted(names))}),"
-                f" got {item!r}."
-            )
-        pairs.add((parts[0], parts[1]))
-    return pairs
 
 
 def _layer_option(value: Any, owner: str, option: str, factory: Any, spatial_dims: int) -> LayerOption:
@@ -312,7 +292,10 @@ class XAttnResUNet(nn.Module):
         xattnres = as_choice(xattnres, "XAttnResUNet: xattnres", XATTNRES_PLACEMENTS)
         query_init = as_choice(query_init, "XAttnResUNet: query_init", QUERY_INITS)
         dca = as_bool(dca, "XAttnResUNet: dca")
-        pruned = _pruned_connections(pruned_connections, len(encoder_channels))
+        pruned = parse_pruned_connections(
+            pruned_connections, [f"e{i + 1}" for i in range(len(encoder_channels))]
+            + [f"d{j + 1}" for j in range(len(encoder_channels) - 1)], "XAttnResUNet",
+        )  # fmt: skip
         act = _layer_option(act, "XAttnResUNet", "act", Act, spatial_dims)
         norm = _layer_option(norm, "XAttnResUNet", "norm", Norm, spatial_dims)
         if len(encoder_channels) < 2:

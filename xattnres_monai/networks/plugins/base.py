@@ -66,7 +66,7 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.networks.nets.xattnres_unet import XATTNRES_PLACEMENTS
-from xattnres_monai.networks.utils import format_key_mismatch, state_dict_differences
+from xattnres_monai.networks.utils import format_key_mismatch, parse_pruned_connections, state_dict_differences
 from xattnres_monai.utils.options import as_bool, as_choice, as_int
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "Stage",
     "XAttnResPlugin",
     "build_routing",
+    "stage_names",
     "load_plain_state_dict",
 ]
 
@@ -119,8 +120,18 @@ class NoRouting(nn.Module):
         return x
 
 
+def stage_names(stages: Sequence[Stage]) -> List[str]:
+    """The pool names of ``stages`` as a routing report shows them: ``e1 .. eS`` (encoder), then ``d1 ..``."""
+    encoder = sum(1 for s in stages if s.side == "encoder")
+    return [f"e{i + 1}" for i in range(encoder)] + [f"d{j + 1}" for j in range(len(stages) - encoder)]
+
+
 def build_routing(
-    spatial_dims: int, stages: Sequence[Stage], xattnres: str = "full", query_init: str = "zero"
+    spatial_dims: int,
+    stages: Sequence[Stage],
+    xattnres: str = "full",
+    query_init: str = "zero",
+    pruned_connections: Optional[Sequence[str]] = None,
 ) -> nn.Module:
     """The ``routing`` module of a plug-in network: one block per stage but the first, named after the stage.
 
@@ -135,6 +146,9 @@ def build_routing(
         stages: the stages in the order they run (:meth:`XAttnResPlugin.xattnres_stages`).
         xattnres: ``"none"``, ``"encoder"``, ``"decoder"`` or ``"full"``.
         query_init: pseudo-query initialisation (Table 5), one of :data:`~xattnres_monai.networks.blocks.QUERY_INITS`.
+        pruned_connections: history connections not read, ``"block:entry"`` in the names of :func:`stage_names`
+            (``"d4:e5"``: the block before decoder stage 4 does not read encoder output 5): no projection, no
+            weight. Each must be a connection a built block has (one-line ``ValueError`` otherwise).
 
     Example::
 
@@ -146,6 +160,9 @@ def build_routing(
     """
     xattnres = as_choice(xattnres, "build_routing: xattnres", XATTNRES_PLACEMENTS)
     query_init = as_choice(query_init, "build_routing: query_init", QUERY_INITS)
+    names = stage_names(stages)
+    pruned = parse_pruned_connections(pruned_connections, names, "build_routing")
+    unused = set(pruned)
     routing = nn.Module()
     lists: Dict[str, List[nn.Module]] = {}
     pool: List[int] = []
@@ -154,8 +171,12 @@ def build_routing(
             raise ValueError(f"build_routing: stage {stage.name!r} has side {stage.side!r}, not 'encoder' or 'decoder'.")
         if n > 0:
             enabled = (xattnres == "full" or xattnres == stage.side) and stage.routed
+            dropped = [k for k in range(n) if (names[n], names[k]) in pruned] if enabled else []
+            unused.difference_update((names[n], names[k]) for k in dropped)
             block: nn.Module = (
-                XAttnRes(spatial_dims, stage.in_channels, list(pool), query_init=query_init) if enabled else NoRouting()
+                XAttnRes(spatial_dims, stage.in_channels, list(pool), query_init=query_init, dropped=dropped)
+                if enabled
+                else NoRouting()
             )
             parts = stage.name.split(".")
             if len(parts) == 1:
@@ -168,6 +189,11 @@ def build_routing(
             else:
                 raise ValueError(f"build_routing: stage names are '<module>' or '<list>.<index>', got {stage.name!r}.")
         pool.append(int(stage.out_channels))
+    if unused:
+        raise ValueError(
+            f"build_routing: pruned_connections {sorted(f'{b}:{e}' for b, e in unused)} are not connections of this "
+            f"network (xattnres={xattnres!r}; a routed block reads the stage outputs produced before it)."
+        )
     for name, entries in lists.items():
         routing.add_module(name, nn.ModuleList(entries))
     return routing
@@ -188,7 +214,14 @@ class XAttnResPlugin:
         """The stages in the order they run (pool order), read from the built original modules (hook)."""
         raise NotImplementedError(f"{type(self).__name__} must implement xattnres_stages().")
 
-    def setup_xattnres(self, spatial_dims: int, xattnres: str, skip: bool, query_init: str) -> None:
+    def setup_xattnres(
+        self,
+        spatial_dims: int,
+        xattnres: str,
+        skip: bool,
+        query_init: str,
+        pruned_connections: Optional[Sequence[str]] = None,
+    ) -> None:
         """Build ``self.routing`` for :meth:`xattnres_stages` (call at the end of ``__init__``).
 
         Args:
@@ -196,6 +229,8 @@ class XAttnResPlugin:
             xattnres: ``"none"``, ``"encoder"``, ``"decoder"`` or ``"full"``.
             skip: keep the network's own skip connections (``False``: zeros in their place).
             query_init: pseudo-query initialisation.
+            pruned_connections: ``"block:entry"`` connections not read (see :func:`build_routing`); sorted into
+                ``self.pruned_connections``.
         """
         name = type(self).__name__
         self.xattnres = as_choice(xattnres, f"{name}: xattnres", XATTNRES_PLACEMENTS)
@@ -203,7 +238,15 @@ class XAttnResPlugin:
         self.query_init = as_choice(query_init, f"{name}: query_init", QUERY_INITS)
         stages = self.xattnres_stages()
         self.xattnres_stage_names = [s.name for s in stages]
-        self.routing = build_routing(as_int(spatial_dims, f"{name}: spatial_dims"), stages, self.xattnres, self.query_init)
+        try:
+            self.routing = build_routing(
+                as_int(spatial_dims, f"{name}: spatial_dims"), stages, self.xattnres, self.query_init,
+                pruned_connections,
+            )  # fmt: skip
+        except ValueError as error:
+            raise ValueError(str(error).replace("build_routing:", f"{name}:", 1)) from None
+        pruned = parse_pruned_connections(pruned_connections, stage_names(stages), name)
+        self.pruned_connections = sorted(f"{b}:{e}" for b, e in pruned)
 
     def skip_input(self, skip: torch.Tensor) -> torch.Tensor:
         """The skip tensor the stage is given: ``skip`` itself, or zeros of its shape when ``skip=False``."""

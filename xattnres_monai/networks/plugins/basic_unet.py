@@ -49,6 +49,9 @@ class XAttnResBasicUNet(XAttnResPlugin, BasicUNet):
         xattnres: where XAttnRes is applied: ``"none"``, ``"encoder"``, ``"decoder"`` or ``"full"`` (default).
         skip: keep BasicUNet's skip connections (default); ``False``: zeros in their place.
         query_init: pseudo-query initialisation (Table 5), ``"zero"`` by default.
+        pruned_connections: history connections not read, ``"block:entry"`` stage names as the routing report
+            shows them (``e1 .. e5``, ``d1 .. d4``; ``"d4:e5"``): no projection, no weight (see
+            :func:`~xattnres_monai.networks.plugins.build_routing`).
 
     Example::
 
@@ -71,6 +74,7 @@ class XAttnResBasicUNet(XAttnResPlugin, BasicUNet):
         xattnres: str = "full",
         skip: bool = True,
         query_init: str = "zero",
+        pruned_connections: Sequence[str] = (),
     ) -> None:
         name = "XAttnResBasicUNet"
         spatial_dims = as_int(spatial_dims, f"{name}: spatial_dims")
@@ -89,11 +93,12 @@ class XAttnResBasicUNet(XAttnResPlugin, BasicUNet):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.features = list(features)
-        self.setup_xattnres(spatial_dims, xattnres, skip, query_init)
+        self.setup_xattnres(spatial_dims, xattnres, skip, query_init, pruned_connections)
         record_definition(
             self, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features,
             act=act, norm=norm, bias=bias, dropout=dropout, upsample=upsample, xattnres=self.xattnres,
             skip=self.skip, query_init=self.query_init,
+            **({"pruned_connections": self.pruned_connections} if self.pruned_connections else {}),
         )  # fmt: skip
 
     def xattnres_stages(self) -> List[Stage]:

@@ -62,6 +62,9 @@ class XAttnResDynUNet(XAttnResPlugin, DynUNet):
         skip: keep DynUNet's skip connections (default); ``False``: zeros in their place.
         query_init: pseudo-query initialisation (Table 5): ``"zero"`` (default: each block starts as the mean of
             its aligned entries), ``"normal"``, ``"kaiming_uniform"``, ``"xavier_uniform"``.
+        pruned_connections: history connections not read, ``"block:entry"`` stage names as the routing report
+            shows them (``e1 .. eS``, ``d1 ..``; ``"d4:e5"``): no projection, no weight (see
+            :func:`~xattnres_monai.networks.plugins.build_routing`).
 
     Example::
 
@@ -96,6 +99,7 @@ class XAttnResDynUNet(XAttnResPlugin, DynUNet):
         xattnres: str = "full",
         skip: bool = True,
         query_init: str = "zero",
+        pruned_connections: Sequence[str] = (),
     ) -> None:
         name = "XAttnResDynUNet"
         spatial_dims = as_int(spatial_dims, f"{name}: spatial_dims")
@@ -118,13 +122,14 @@ class XAttnResDynUNet(XAttnResPlugin, DynUNet):
         if not hasattr(self, "deep_supervision_heads"):
             # (no parameters, no state dict keys) so that forward's loop over the heads compiles in TorchScript
             self.deep_supervision_heads = nn.ModuleList()
-        self.setup_xattnres(spatial_dims, xattnres, skip, query_init)
+        self.setup_xattnres(spatial_dims, xattnres, skip, query_init, pruned_connections)
         record_definition(
             self, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
             kernel_size=kernel_size, strides=strides, upsample_kernel_size=upsample_kernel_size, filters=filters,
             dropout=dropout, norm_name=norm_name, act_name=act_name, deep_supervision=deep_supervision,
             deep_supr_num=deep_supr_num, res_block=res_block, trans_bias=trans_bias, xattnres=self.xattnres,
             skip=self.skip, query_init=self.query_init,
+            **({"pruned_connections": self.pruned_connections} if self.pruned_connections else {}),
         )  # fmt: skip
 
     def xattnres_stages(self) -> List[Stage]:
