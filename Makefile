@@ -38,9 +38,15 @@ TEST_ENV = PYTHONUTF8=1
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-# pytest exits 5 when nothing is marked slow: not a failure; the 25 slowest tests are listed (CI time)
+# The slow suite runs in SLOW_WORKERS pytest processes (pytest-xdist; a test file stays in one process, so its module
+# fixtures are built once) of one torch thread each: most of its time is single-threaded (the start-up and imports of
+# the many bundle commands it runs as subprocesses, file I/O), which one process at a time leaves a core idle for.
+# SLOW_WORKERS=0: one process, torch on every core. pytest exits 5 when nothing is marked slow: not a failure; the 25
+# slowest tests are listed (CI time).
+SLOW_WORKERS ?= 2
+SLOW_THREADS = $(if $(filter 0,$(SLOW_WORKERS)),,OMP_NUM_THREADS=1)
 test-slow: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -m slow -q --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(TEST_ENV) $(SLOW_THREADS) $(PY) -m pytest -m slow -q -n $(SLOW_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # real-file test corpus (tests/corpus.py), into $XATTNRES_CORPUS or ~/.cache/xattnres_monai/corpus
 corpus: $(STAMP)

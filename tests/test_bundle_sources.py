@@ -163,3 +163,25 @@ def test_an_edit_of_the_synapse_bundle_reaches_the_3d_bundle_through_sync_and_th
     problems = tool.check(clone)
     assert any("extra.json: a config of this derived bundle only" in p for p in problems), problems
     assert any("nothing.json: an overlay of no derived file" in p for p in problems), problems
+
+
+def test_a_shared_docs_section_is_one_source_for_every_readme(clone):
+    """The measured DynUNet table is written once (``_shared/docs``) into every README that marks it; an edit made in
+    one README alone, or a marker naming no source, fails the check; ``sync`` writes the source back."""
+    name = "dynunet_overhead"
+    source = BUNDLES / tool.SHARED_DIR / tool.DOCS_DIR / f"{name}.md"
+    holders = [p for p in [ROOT / "README.md"] + sorted(BUNDLES.glob("*/docs/README.md"))
+               if f"<!-- shared: {name} -->" in p.read_text(encoding="utf-8")]  # fmt: skip
+    assert len(holders) == 6, holders  # the repository README and every bundle's
+    for readme in holders:
+        assert source.read_text(encoding="utf-8") in readme.read_text(encoding="utf-8"), readme
+    readme = clone / DERIVED / "docs" / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    readme.write_text(text.replace("| parameters |", "| parameter count |"), encoding="utf-8")
+    stale = tool.check(clone)
+    assert len(stale) == 1 and stale[0].startswith(f"{readme}: a shared section differs"), stale
+    assert tool.sync(clone) == [readme] and readme.read_text(encoding="utf-8") == text
+    readme.write_text(text + "\n<!-- shared: nothing -->\nx\n<!-- /shared: nothing -->\n", encoding="utf-8")
+    assert any("'nothing' has no source" in p for p in tool.check(clone))
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        tool.sync(clone)

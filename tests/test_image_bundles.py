@@ -162,25 +162,6 @@ def test_inference_writes_binary_masks_at_input_size(trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", sorted(DATASETS.values()))
-def test_metadata_and_network_io_verify(bundle):
-    configs = BUNDLES / bundle / "configs"
-    schema = BUNDLES / "schema" / "meta_schema_20240725.json"
-    verify = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(configs / "metadata.json"),
-         "--filepath", str(schema)],
-        capture_output=True, encoding="utf-8", errors="replace",
-    )
-    assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr
-    net_io = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-         str(configs / "metadata.json"), "--config_file", str(configs / "inference.json")],
-        capture_output=True, encoding="utf-8", errors="replace",
-    )
-    assert net_io.returncode == 0 and "verified with no error" in net_io.stdout + net_io.stderr
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("overlay", ["emcad.json", "dca.json", "structure_loss.json"])
 def test_colondb_overlays_train_one_epoch(overlay, tmp_path):
     """EMCAD (deep supervision + mutation loss), DCA and the structure loss, each one merged config file."""

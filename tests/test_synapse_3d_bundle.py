@@ -3,7 +3,8 @@
 A copy of the bundle is trained for one epoch on phantoms whose spacing differs from the bundle's ``pixdim`` (so
 ``Spacingd`` resamples and ``Invertd`` must bring the masks back), then evaluated (both metric conventions) and run
 on new scans (a NIfTI file and a DICOM series of another size and spacing): masks on each input's own grid. Also
-the metadata, the network's input / output, TorchScript export of the trained model, and the baseline override.
+the baseline override. (The shipped metadata and network input / output: tests/test_bundle_metadata.py; export
+against eager: tests/test_export.py; the command-line checks and export of a trained copy: tests/test_from_zero.py.)
 A small network (``filters`` 4 .. 16) and 32^3 patches keep it to a few minutes on two CPU cores.
 """
 
@@ -121,41 +122,6 @@ def test_inference_on_nifti_and_dicom_writes_masks_on_the_input_grid(trained):
     assert set(np.unique(np.asanyarray(dicom_mask.dataobj))) <= set(range(9))
     organs = json.loads((out / "patient1_organs.json").read_text())
     assert organs  # the organ report of the NIfTI scan
-
-
-def test_metadata_network_io_and_torchscript_export(trained, tmp_path):
-    _, bundle = trained
-    configs = bundle / "configs"
-
-    def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, encoding="utf-8",
-                                errors="replace", timeout=600)  # fmt: skip
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout + result.stderr
-
-    schema = BUNDLE.parent / "schema" / "meta_schema_20240725.json"
-    for meta in (BUNDLE / "configs" / "metadata.json", configs / "metadata.json"):  # the shipped one, the trained one
-        assert "verified with no error" in cli("verify_metadata", "--meta_file", str(meta), "--filepath", str(schema))
-    common = ["--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
-              "--bundle_root", str(bundle)]  # fmt: skip
-    assert "verified with no error" in cli("verify_net_in_out", "network_def", *common)
-    cli("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-        str(bundle / "models" / "model.pt"), "--key_in_ckpt", "model", *common)  # fmt: skip
-
-    from monai.bundle import ConfigParser
-    from monai.data import load_net_with_metadata
-
-    scripted, _, _ = load_net_with_metadata(str(tmp_path / "model.ts"))
-    parser = ConfigParser()
-    parser.read_config(str(configs / "inference.json"))
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True)["model"])
-    with torch.no_grad():
-        for p in (p for n, p in net.named_parameters() if n.endswith("query")):
-            p.normal_()  # a non-uniform routing (the trained queries are near zero after one epoch)
-        scripted = torch.jit.script(net.eval())
-        x = torch.rand(1, 1, 32, 48, 32)
-        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-4)
 
 
 def test_baseline_override_trains_the_plain_dynunet(trained, tmp_path):

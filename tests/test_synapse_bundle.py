@@ -168,23 +168,6 @@ def test_inference_on_nifti_and_dicom_keeps_geometry(trained):
 
 
 @pytest.mark.slow
-def test_metadata_and_network_io_verify():
-    schema = BUNDLE.parent / "schema" / "meta_schema_20240725.json"
-    meta = CONFIGS / "metadata.json"
-    verify = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)],
-        capture_output=True, encoding="utf-8", errors="replace",
-    )
-    assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr
-    net_io = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(meta),
-         "--config_file", str(CONFIGS / "inference.json")],
-        capture_output=True, encoding="utf-8", errors="replace",
-    )
-    assert net_io.returncode == 0 and "verified with no error" in net_io.stdout + net_io.stderr
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("overlay", ["dca.json", "emcad.json"])
 def test_routing_overlays_train_one_epoch(trained, overlay, tmp_path):
     root, _ = trained

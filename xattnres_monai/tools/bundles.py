@@ -25,6 +25,11 @@ config ids such as ``"network_def"``, ``"volume_transforms#4"``, ``"+imports"``)
 config; files without an overlay are copied. A change to the Synapse bundle reaches the 3D bundle at the next ``sync``,
 and ``check`` fails until it has.
 
+Shared documentation: a section that several READMEs carry word for word (the measured DynUNet table) lives once, in
+``bundles/_shared/docs/<name>.md``; every bundle's ``docs/README.md`` and the repository's ``README.md`` hold it
+between ``<!-- shared: <name> -->`` and ``<!-- /shared: <name> -->`` (invisible when rendered). ``sync`` rewrites
+those regions from the source, ``check`` fails on a region that differs or names no source.
+
 To change a shared config: edit ``bundles/_shared/image_2d/<path>``, run ``python -m xattnres_monai.tools.bundles
 sync``, and commit the source with the copies (bump each bundle's version in its ``metadata.json`` when the change
 is user-visible).
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +67,10 @@ DERIVED_FILES = (
     "configs/multi_gpu_train.json",
     "configs/routing.json",
 )
+#: shared documentation sections, relative to ``<bundles>/_shared/``: ``<name>.md`` for ``<!-- shared: <name> -->``
+DOCS_DIR = "docs"
+#: a shared section in a README: the opening marker, the text sync writes, the closing marker
+SHARED_SECTION = re.compile(r"(<!-- shared: ([\w.-]+) -->\n)(.*?)(<!-- /shared: \2 -->)", re.S)
 #: files under a family or derived bundle's ``configs/`` that are its own (not generated)
 PER_BUNDLE = ("configs/metadata.json",)
 #: files of the source folder that are about the source and not copied
@@ -143,6 +153,64 @@ def _check_derived(bundles_dir: Path) -> List[str]:
     return problems
 
 
+def _readmes(bundles_dir: Path) -> List[Path]:
+    """The READMEs that may hold shared sections: the repository's (next to the bundles folder) and each bundle's."""
+    found = [bundles_dir.parent / "README.md"] + sorted(bundles_dir.glob("*/docs/README.md"))
+    return [p for p in found if p.is_file() and SHARED_DIR not in p.relative_to(bundles_dir.parent).parts]
+
+
+def shared_sections(text: str, bundles_dir: Path = BUNDLES_DIR) -> Tuple[str, List[str]]:
+    """``text`` with every shared section rewritten from its source, and the names of sections without a source.
+
+    Args:
+        text: a README's text.
+        bundles_dir: the bundles folder (its ``_shared/docs/`` holds the sources).
+
+    Example::
+
+        >>> text, missing = shared_sections(Path("README.md").read_text(encoding="utf-8"))
+    """
+    missing: List[str] = []
+
+    def replace(match: re.Match) -> str:
+        source = Path(bundles_dir) / SHARED_DIR / DOCS_DIR / f"{match.group(2)}.md"
+        if not source.is_file():
+            missing.append(match.group(2))
+            return match.group(0)
+        body = source.read_text(encoding="utf-8")
+        return match.group(1) + body + ("" if body.endswith("\n") else "\n") + match.group(4)
+
+    return SHARED_SECTION.sub(replace, text), missing
+
+
+def _check_docs(bundles_dir: Path) -> List[str]:
+    problems = []
+    for readme in _readmes(bundles_dir):
+        text = readme.read_text(encoding="utf-8")
+        expected, missing = shared_sections(text, bundles_dir)
+        for name in missing:
+            problems.append(f"{readme}: the shared section {name!r} has no source "
+                            f"{bundles_dir / SHARED_DIR / DOCS_DIR / (name + '.md')}")  # fmt: skip
+        if expected != text:
+            problems.append(f"{readme}: a shared section differs from its source in {bundles_dir / SHARED_DIR / DOCS_DIR} "
+                            f"(edit the source, then run `{_sync_command()}`)")  # fmt: skip
+    return problems
+
+
+def _sync_docs(bundles_dir: Path) -> List[Path]:
+    written = []
+    for readme in _readmes(bundles_dir):
+        text = readme.read_text(encoding="utf-8")
+        expected, missing = shared_sections(text, bundles_dir)
+        if missing:
+            raise FileNotFoundError(f"{readme}: the shared section(s) {', '.join(missing)} have no source in "
+                                    f"{bundles_dir / SHARED_DIR / DOCS_DIR}")  # fmt: skip
+        if expected != text:
+            readme.write_text(expected, encoding="utf-8")
+            written.append(readme)
+    return written
+
+
 def _unlisted_configs(folder: Path, generated: Sequence[str]) -> List[Path]:
     """Files under ``folder/configs`` that are neither ``generated`` nor listed in :data:`PER_BUNDLE`."""
     configs = folder / "configs"
@@ -192,7 +260,7 @@ def check(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMIL
                     f"{path}: a config of this bundle only (add it to {source / 'configs'} for the whole "
                     f"family, or list it in PER_BUNDLE of {Path(__file__).name})"
                 )
-    return problems + _check_derived(bundles_dir)
+    return problems + _check_derived(bundles_dir) + _check_docs(bundles_dir)
 
 
 def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILIES)) -> List[Path]:
@@ -213,7 +281,7 @@ def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILI
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / rel, copy)
                 written.append(copy)
-    return written + _sync_derived(bundles_dir)
+    return written + _sync_derived(bundles_dir) + _sync_docs(bundles_dir)
 
 
 def _sync_command() -> str:
