@@ -132,6 +132,7 @@ def build_routing(
     xattnres: str = "full",
     query_init: str = "zero",
     pruned_connections: Optional[Sequence[str]] = None,
+    owner: str = "build_routing",
 ) -> nn.Module:
     """The ``routing`` module of a plug-in network: one block per stage but the first, named after the stage.
 
@@ -149,6 +150,7 @@ def build_routing(
         pruned_connections: history connections not read, ``"block:entry"`` in the names of :func:`stage_names`
             (``"d4:e5"``: the block before decoder stage 4 does not read encoder output 5): no projection, no
             weight. Each must be a connection a built block has (one-line ``ValueError`` otherwise).
+        owner: the name the error messages start with (the network's class name).
 
     Example::
 
@@ -161,7 +163,7 @@ def build_routing(
     xattnres = as_choice(xattnres, "build_routing: xattnres", XATTNRES_PLACEMENTS)
     query_init = as_choice(query_init, "build_routing: query_init", QUERY_INITS)
     names = stage_names(stages)
-    pruned = parse_pruned_connections(pruned_connections, names, "build_routing")
+    pruned = parse_pruned_connections(pruned_connections, names, owner)
     unused = set(pruned)
     routing = nn.Module()
     lists: Dict[str, List[nn.Module]] = {}
@@ -191,7 +193,7 @@ def build_routing(
         pool.append(int(stage.out_channels))
     if unused:
         raise ValueError(
-            f"build_routing: pruned_connections {sorted(f'{b}:{e}' for b, e in unused)} are not connections of this "
+            f"{owner}: pruned_connections {sorted(f'{b}:{e}' for b, e in unused)} are not connections of this "
             f"network (xattnres={xattnres!r}; a routed block reads the stage outputs produced before it)."
         )
     for name, entries in lists.items():
@@ -238,14 +240,11 @@ class XAttnResPlugin:
         self.query_init = as_choice(query_init, f"{name}: query_init", QUERY_INITS)
         stages = self.xattnres_stages()
         self.xattnres_stage_names = [s.name for s in stages]
-        try:
-            self.routing = build_routing(
-                as_int(spatial_dims, f"{name}: spatial_dims"), stages, self.xattnres, self.query_init,
-                pruned_connections,
-            )  # fmt: skip
-        except ValueError as error:
-            raise ValueError(str(error).replace("build_routing:", f"{name}:", 1)) from None
-        pruned = parse_pruned_connections(pruned_connections, stage_names(stages), name)
+        self.routing = build_routing(
+            as_int(spatial_dims, f"{name}: spatial_dims"), stages, self.xattnres, self.query_init,
+            pruned_connections, owner=name,
+        )  # fmt: skip
+        pruned = parse_pruned_connections(pruned_connections, stage_names(stages), name)  # (checked just above)
         self.pruned_connections = sorted(f"{b}:{e}" for b, e in pruned)
 
     def skip_input(self, skip: torch.Tensor) -> torch.Tensor:
