@@ -16,6 +16,7 @@ from xattnres_monai.utils.options import as_bool
 
 __all__ = [
     "parse_pruned_connections",
+    "pool_stage_names",
     "capture_attention",
     "check_input",
     "compile_network",
@@ -62,6 +63,21 @@ def capture_attention(network: nn.Module) -> Iterator[Dict[str, torch.Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def pool_stage_names(num_encoder: int, num_decoder: int) -> List[str]:
+    """The names of a network's stages in pool order, as routing reports and ``pruned_connections`` use them.
+
+    Args:
+        num_encoder: encoder stages (``e1 .. eS``, finest first).
+        num_decoder: decoder stages (``d1 ..``, coarsest first).
+
+    Example::
+
+        >>> pool_stage_names(3, 2)
+        ['e1', 'e2', 'e3', 'd1', 'd2']
+    """
+    return [f"e{i + 1}" for i in range(num_encoder)] + [f"d{j + 1}" for j in range(num_decoder)]
 
 
 def parse_pruned_connections(value: Any, names: Sequence[str], owner: str) -> Set[Tuple[str, str]]:

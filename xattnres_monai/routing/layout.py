@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import XAttnRes
+from xattnres_monai.networks.utils import pool_stage_names
 
 __all__ = [
     "INPUT",
@@ -128,8 +129,8 @@ def _read(block: XAttnRes, pool: Sequence[str]) -> Tuple[str, ...]:
 
 def _unet_layout(network: nn.Module, blocks: Dict[str, XAttnRes]) -> List[BlockLayout]:
     num_encoder = len(network.encoder)
-    encoder = [f"e{i + 1}" for i in range(num_encoder)]
-    decoder = [f"d{j + 1}" for j in range(len(network.decoder))]
+    names = pool_stage_names(num_encoder, len(network.decoder))
+    encoder, decoder = names[:num_encoder], names[num_encoder:]
     layouts = []
     for i in range(1, num_encoder):
         module = f"encoder.{i}.routing"

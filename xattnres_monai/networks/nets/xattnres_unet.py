@@ -14,7 +14,7 @@ from torch import nn
 from xattnres_monai.networks.blocks.dca import DualCrossAttention
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.networks.definition import record_definition
-from xattnres_monai.networks.utils import check_input, parse_pruned_connections
+from xattnres_monai.networks.utils import check_input, parse_pruned_connections, pool_stage_names
 from xattnres_monai.utils.options import as_bool, as_choice, as_int, as_int_sequence
 
 __all__ = ["XAttnResUNet", "DoubleConv", "EncoderStage", "DecoderStage", "XATTNRES_PLACEMENTS"]
@@ -292,10 +292,8 @@ class XAttnResUNet(nn.Module):
         xattnres = as_choice(xattnres, "XAttnResUNet: xattnres", XATTNRES_PLACEMENTS)
         query_init = as_choice(query_init, "XAttnResUNet: query_init", QUERY_INITS)
         dca = as_bool(dca, "XAttnResUNet: dca")
-        pruned = parse_pruned_connections(
-            pruned_connections, [f"e{i + 1}" for i in range(len(encoder_channels))]
-            + [f"d{j + 1}" for j in range(len(encoder_channels) - 1)], "XAttnResUNet",
-        )  # fmt: skip
+        pool_names = pool_stage_names(len(encoder_channels), len(encoder_channels) - 1)
+        pruned = parse_pruned_connections(pruned_connections, pool_names, "XAttnResUNet")
         act = _layer_option(act, "XAttnResUNet", "act", Act, spatial_dims)
         norm = _layer_option(norm, "XAttnResUNet", "norm", Norm, spatial_dims)
         if len(encoder_channels) < 2:
@@ -324,8 +322,6 @@ class XAttnResUNet(nn.Module):
             query_init=query_init, dca=dca, act=act, norm=norm,
             **({"pruned_connections": sorted(f"{b}:{e}" for b, e in pruned)} if pruned else {}),
         )  # fmt: skip
-        num_encoder = len(encoder_channels)
-        pool_names = [f"e{i + 1}" for i in range(num_encoder)] + [f"d{j + 1}" for j in range(num_encoder - 1)]
         unused = set(pruned)
 
         def routing(name: str, channels: int, history: List[int], enabled: bool) -> Optional[XAttnRes]:

@@ -66,7 +66,12 @@ from torch import nn
 
 from xattnres_monai.networks.blocks.xattnres import QUERY_INITS, XAttnRes
 from xattnres_monai.networks.nets.xattnres_unet import XATTNRES_PLACEMENTS
-from xattnres_monai.networks.utils import format_key_mismatch, parse_pruned_connections, state_dict_differences
+from xattnres_monai.networks.utils import (
+    format_key_mismatch,
+    parse_pruned_connections,
+    pool_stage_names,
+    state_dict_differences,
+)
 from xattnres_monai.utils.options import as_bool, as_choice, as_int
 
 __all__ = [
@@ -123,7 +128,7 @@ class NoRouting(nn.Module):
 def stage_names(stages: Sequence[Stage]) -> List[str]:
     """The pool names of ``stages`` as a routing report shows them: ``e1 .. eS`` (encoder), then ``d1 ..``."""
     encoder = sum(1 for s in stages if s.side == "encoder")
-    return [f"e{i + 1}" for i in range(encoder)] + [f"d{j + 1}" for j in range(len(stages) - encoder)]
+    return pool_stage_names(encoder, len(stages) - encoder)
 
 
 def build_routing(
