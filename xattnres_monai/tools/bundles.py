@@ -41,10 +41,11 @@ import argparse
 import difflib
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from xattnres_monai.utils.files import atomic_write
 
 #: the repository's bundles folder (the default of ``--bundles``)
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -197,6 +198,12 @@ def _check_docs(bundles_dir: Path) -> List[str]:
     return problems
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (an interrupted sync leaves the old file, never half a new one)."""
+    with atomic_write(path, overwrite=True) as tmp:
+        tmp.write_bytes(data)
+
+
 def _sync_docs(bundles_dir: Path) -> List[Path]:
     written = []
     for readme in _readmes(bundles_dir):
@@ -206,7 +213,7 @@ def _sync_docs(bundles_dir: Path) -> List[Path]:
             raise FileNotFoundError(f"{readme}: the shared section(s) {', '.join(missing)} have no source in "
                                     f"{bundles_dir / SHARED_DIR / DOCS_DIR}")  # fmt: skip
         if expected != text:
-            readme.write_text(expected, encoding="utf-8")
+            _write(readme, expected.encode("utf-8"))
             written.append(readme)
     return written
 
@@ -227,8 +234,7 @@ def _sync_derived(bundles_dir: Path) -> List[Path]:
             expected = derived_content(bundle, rel, bundles_dir)
             if copy.is_file() and copy.read_bytes() == expected:
                 continue
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_bytes(expected)
+            _write(copy, expected)
             written.append(copy)
     return written
 
@@ -278,8 +284,7 @@ def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILI
                 copy = folder / rel
                 if copy.is_file() and copy.read_bytes() == (source / rel).read_bytes():
                     continue
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / rel, copy)
+                _write(copy, (source / rel).read_bytes())
                 written.append(copy)
     return written + _sync_derived(bundles_dir) + _sync_docs(bundles_dir)
 
