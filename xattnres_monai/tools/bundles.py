@@ -281,10 +281,10 @@ def sync(bundles_dir: Path = BUNDLES_DIR, families: Sequence[str] = tuple(FAMILI
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: bundle of the family {family!r} is missing")
             for rel in files:
-                copy = folder / rel
-                if copy.is_file() and copy.read_bytes() == (source / rel).read_bytes():
+                copy, content = folder / rel, (source / rel).read_bytes()
+                if copy.is_file() and copy.read_bytes() == content:
                     continue
-                _write(copy, (source / rel).read_bytes())
+                _write(copy, content)
                 written.append(copy)
     return written + _sync_derived(bundles_dir) + _sync_docs(bundles_dir)
 
