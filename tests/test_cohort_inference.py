@@ -291,6 +291,34 @@ def test_torchrun_on_two_processes_gives_the_masks_of_one_process(trained, refer
     assert _temporary_files(out) == []
 
 
+def test_torchrun_a_corrupt_scan_in_one_shard_does_not_stop_the_other_shard(trained, reference, tmp_path):
+    """torchrun stops every rank as soon as one exits non-zero: the rank holding only corrupt scans (done in no time)
+    must wait for the other rank's scans before it exits with its error."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    good = SUBSET[:3]
+    for name in good:
+        shutil.copy2(reference["scans"] / f"{name}.nii.gz", scans / f"{name}.nii.gz")
+        # "s00-broken" sorts just before "s00": round robin gives rank 0 every corrupt scan, rank 1 every good one
+        data = (reference["scans"] / f"{name}.nii.gz").read_bytes()
+        (scans / f"{name}-broken.nii.gz").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = _python(*launcher, *_inference_args(trained, scans, out))
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log[-3000:]
+    for name in good:
+        assert f"error: {scans / f'{name}-broken.nii.gz'}: corrupt or truncated NIfTI data" in log, log[-3000:]
+    # rank 1 was not stopped: every good scan segmented (as one process does), and rank 0 merged the cohort table
+    _assert_same_masks(_masks(out), {n: reference["masks"][n] for n in good}, "the shard beside the corrupt one")
+    rows = {Path(r["scan"]).name: r for r in _cohort_rows(out)}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        **{f"{n}.nii.gz": "done" for n in good}, **{f"{n}-broken.nii.gz": "failed" for n in good}}
+    # only the failing rank is reported failed by torchrun (the other one exited by itself, not by its signal)
+    assert "SIGTERM" not in log and re.search(r"exitcode\s*:\s*2", log), log[-3000:]
+    assert _temporary_files(out) == []
+
+
 # ------------------------------------------------------------------------------------------------------ options
 
 OPTIONS = ["--tta_flip_axes", "[0,1]", "--save_dicom_seg", "true", "--largest_component", "all",

@@ -33,8 +33,9 @@ import json
 import logging
 import os
 import re
+import socket
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -48,6 +49,8 @@ __all__ = [
     "CohortInputs",
     "CohortRecorder",
     "distributed_rank",
+    "init_cohort_group",
+    "leave_cohort_group",
     "merge_cohort_csv",
     "rank_csv_path",
     "read_record",
@@ -89,6 +92,82 @@ def distributed_rank() -> Tuple[int, int]:
         raise ValueError(f"RANK / WORLD_SIZE must be integers, got {os.environ.get('RANK')!r} / "
                          f"{os.environ.get('WORLD_SIZE')!r}") from None  # fmt: skip
     return rank, world
+
+
+def init_cohort_group(timeout_hours: float = 72.0) -> bool:
+    """Join the ranks of a ``torchrun`` cohort run in a ``gloo`` process group (no-op in one process).
+
+    ``torchrun`` stops every rank as soon as one exits non-zero. A rank with a failed scan exits with code 2 at the
+    end (:class:`~xattnres_monai.handlers.report.InferenceReport`); without a way to wait for the others, a corrupt
+    file in one shard would stop the other shards midway. With the group, :class:`CohortRecorder` and the report
+    meet the other ranks (``barrier``) before any rank exits, so every rank finishes its scans, rank 0 merges the
+    cohort table, and only then does the failing rank exit. ``gloo`` also on GPUs: only the barrier uses the group.
+
+    Args:
+        timeout_hours: how long a rank waits for the others at a barrier: must cover the spread of the ranks'
+            finishing times (a rank that dies makes ``torchrun`` stop the waiting ones at once).
+
+    Returns:
+        Whether a group was made (``WORLD_SIZE`` > 1 with ``MASTER_ADDR`` / ``MASTER_PORT`` set, as ``torchrun``
+        sets them, and no group yet).
+
+    Example (``inference.json``)::
+
+        "initialize": ["$xattnres_monai.engines.cohort.init_cohort_group()"]
+    """
+    import torch.distributed as dist
+
+    _, world = distributed_rank()
+    if world < 2 or not dist.is_available() or dist.is_initialized():
+        return False
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        return False  # shards from RANK / WORLD_SIZE alone (e.g. job arrays): independent processes, nothing to join
+    dist.init_process_group("gloo", timeout=timedelta(hours=float(timeout_hours)))
+    return True
+
+
+def leave_cohort_group(exiting_with_error: bool = False, max_wait: float = 60.0) -> None:
+    """Meet the other ranks, leave the process group and, before an exit with an error, let the others exit first.
+
+    The last step of a rank (:class:`~xattnres_monai.handlers.report.InferenceReport` calls it once it printed its
+    report; no-op without a group): no rank exits before every rank has finished. ``torchrun`` stops the ranks
+    still running as soon as one exits non-zero, and a finished rank still needs seconds to exit (the interpreter's
+    and the libraries' teardown): a rank that is about to exit with an error therefore waits until the other ranks
+    on its machine have exited (their process ids are exchanged at the meeting; at most ``max_wait`` seconds), so
+    that ``torchrun`` lists only the failing rank as failed.
+
+    Args:
+        exiting_with_error: this rank exits non-zero next (a scan failed).
+        max_wait: the longest wait for the other ranks to exit, in seconds.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    peers: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))  # every rank's (host, pid): the meeting
+    dist.destroy_process_group()
+    if exiting_with_error:
+        here = socket.gethostname()
+        _wait_for_exit([pid for host, pid in peers if host == here and pid != os.getpid()], max_wait)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (exited processes that their parent has not reaped yet, zombies, do not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _wait_for_exit(pids: Sequence[int], max_wait: float) -> None:
+    deadline = time.monotonic() + max_wait
+    if not os.path.isdir("/proc"):  # no process table to read (not Linux): a fixed pause instead
+        time.sleep(min(max_wait, 5.0))
+        return
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def shard(

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from monai.data.utils import affine_to_spacing
 
 from xattnres_monai.data.inputs import InferenceInputs
+from xattnres_monai.engines.cohort import leave_cohort_group
 from xattnres_monai.handlers.errors import exit_on_user_errors
 from xattnres_monai.metrics import CONVENTIONS, evaluate_case, write_reports
 from xattnres_monai.utils.files import InputError, as_bool, check_writable
@@ -56,7 +57,11 @@ class InferenceReport:
         lines += [f"  skipped {scan}: {reason}" for scan, reason in self.inputs.skipped]
         lines += [f"  FAILED {scan}: {reason}" for scan, reason in failures]
         print("\n".join(lines), flush=True)
-        if failures and self.exit_on_failure:
+        exiting_with_error = bool(failures and self.exit_on_failure)
+        # a torchrun cohort (init_cohort_group): every rank reports before any exits, and a failing rank exits last,
+        # as torchrun stops the other ranks as soon as one exits non-zero
+        leave_cohort_group(exiting_with_error)
+        if exiting_with_error:
             for scan, reason in failures:
                 print(f"error: {scan}: {reason}", file=sys.stderr)
             print(f"error: {len(failures)} scan(s) failed; the others were processed", file=sys.stderr, flush=True)
