@@ -144,12 +144,12 @@ def leave_cohort_group(exiting_with_error: bool = False, max_wait: float = 60.0)
 
     if not (dist.is_available() and dist.is_initialized()):
         return
+    here = (socket.gethostname(), os.getpid())
     peers: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))  # every rank's (host, pid): the meeting
+    dist.all_gather_object(peers, here)  # every rank's (host, pid): the meeting
     dist.destroy_process_group()
     if exiting_with_error:
-        here = socket.gethostname()
-        _wait_for_exit([pid for host, pid in peers if host == here and pid != os.getpid()], max_wait)
+        _wait_for_exit([pid for host, pid in peers if host == here[0] and (host, pid) != here], max_wait)
 
 
 def _running(pid: int) -> bool:

@@ -58,13 +58,14 @@ class InferenceReport:
         lines += [f"  FAILED {scan}: {reason}" for scan, reason in failures]
         print("\n".join(lines), flush=True)
         exiting_with_error = bool(failures and self.exit_on_failure)
-        # a torchrun cohort (init_cohort_group): every rank reports before any exits, and a failing rank exits last,
-        # as torchrun stops the other ranks as soon as one exits non-zero
-        leave_cohort_group(exiting_with_error)
         if exiting_with_error:
             for scan, reason in failures:
                 print(f"error: {scan}: {reason}", file=sys.stderr)
             print(f"error: {len(failures)} scan(s) failed; the others were processed", file=sys.stderr, flush=True)
+        # a torchrun cohort (init_cohort_group): every rank reports before any exits, and a failing rank exits last,
+        # as torchrun stops the other ranks as soon as one exits non-zero
+        leave_cohort_group(exiting_with_error)
+        if exiting_with_error:
             raise SystemExit(2)
 
 
